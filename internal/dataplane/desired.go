@@ -40,8 +40,11 @@ type Desired struct {
 // Bridge is the node's pod bridge.
 type Bridge struct {
 	Name    string
-	Gateway netip.Addr     // on the bridge as /32
-	Blocks  []netip.Prefix // blocks this node owns: one link route each on the bridge
+	Gateway netip.Addr // on the bridge as /32
+	// MAC is set explicitly: a bridge otherwise takes the lowest MAC of its ports and
+	// changes it when that pod goes, leaving every other pod with a stale gateway entry.
+	MAC    net.HardwareAddr
+	Blocks []netip.Prefix // blocks this node owns: one link route each on the bridge
 }
 
 // VXLAN is the node's VTEP.

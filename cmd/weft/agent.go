@@ -1,0 +1,87 @@
+package main
+
+import (
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/weftnet/weft/internal/agent"
+	"github.com/weftnet/weft/internal/api"
+	"github.com/weftnet/weft/internal/cluster"
+	"github.com/weftnet/weft/internal/dataplane"
+	"github.com/weftnet/weft/internal/ipam"
+)
+
+func agentCmd() *cobra.Command {
+	var (
+		nodeName, underlay, cidr, socket, stateDir, claimsDir, keyFile string
+		peers                                                          []string
+		gossipPort, blockBits, mtu                                     int
+		resync, grace                                                  time.Duration
+		verbose                                                        bool
+	)
+	cmd := &cobra.Command{
+		Use:   "agent",
+		Short: "Run the weft node agent (one per node)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			level := slog.LevelInfo
+			if verbose {
+				level = slog.LevelDebug
+			}
+			log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+			cfg := agent.Config{
+				NodeName: nodeName, GossipPort: gossipPort, Discovery: agent.StaticPeers(peers),
+				Socket: socket, StatePath: filepath.Join(stateDir, "ipam.json"),
+				BlockBits: blockBits, MTU: mtu, Resync: resync, SyncGrace: grace, Logger: log, Verbose: verbose,
+			}
+			var err error
+			if cfg.NodeName == "" {
+				if cfg.NodeName, err = os.Hostname(); err != nil {
+					return fmt.Errorf("no --node-name and no hostname: %w", err)
+				}
+			}
+			if underlay == "" {
+				if cfg.UnderlayIP, err = dataplane.DefaultUnderlayIP(); err != nil {
+					return err
+				}
+			} else if cfg.UnderlayIP, err = netip.ParseAddr(underlay); err != nil {
+				return fmt.Errorf("--underlay-ip %q: %w", underlay, err)
+			}
+			if cfg.ClusterCIDR, err = netip.ParsePrefix(cidr); err != nil {
+				return fmt.Errorf("--cluster-cidr %q: %w", cidr, err)
+			}
+			if claimsDir == "" {
+				claimsDir = filepath.Join(stateDir, "claims")
+			}
+			cfg.Claims = ipam.FileStore{Dir: claimsDir}
+			if keyFile != "" {
+				if cfg.GossipKey, err = cluster.LoadKey(keyFile); err != nil {
+					return err
+				}
+			}
+			return agent.Run(cmd.Context(), cfg)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&nodeName, "node-name", "", "this node's name (default: the hostname)")
+	f.StringVar(&underlay, "underlay-ip", "", "this node's IPv4 address on the node network (default: the source of the default route)")
+	f.StringSliceVar(&peers, "peers", nil, "peers to join, ip or ip:port, comma-separated")
+	f.IntVar(&gossipPort, "gossip-port", cluster.DefaultPort, "gossip port (TCP and UDP)")
+	f.StringVar(&keyFile, "gossip-key-file", "", "file with the cluster's gossip key (hex, 16/24/32 bytes); peers without it cannot join")
+	f.StringVar(&socket, "socket", api.DefaultSocket, "unix socket of the local API (root only)")
+	f.StringVar(&stateDir, "state-dir", "/var/lib/weft", "where the node keeps its IPAM leases")
+	f.StringVar(&claimsDir, "claims-dir", "", "block claim directory shared by every node (default: <state-dir>/claims; the lab shares one)")
+	f.StringVar(&cidr, "cluster-cidr", "10.32.0.0/12", "the pod address range of the whole cluster")
+	f.IntVar(&blockBits, "block-size", 26, "prefix length of the address blocks nodes claim")
+	f.IntVar(&mtu, "mtu", 0, "pod and overlay MTU (default: underlay MTU minus 50 bytes of VXLAN overhead)")
+	f.DurationVar(&resync, "resync", 5*time.Second, "how often the kernel state is reconciled even without changes")
+	f.DurationVar(&grace, "sync-grace", 30*time.Second, "how long to wait for a peer before removing kernel entries of unknown nodes")
+	f.BoolVar(&verbose, "verbose", false, "debug logging")
+	return cmd
+}

@@ -1,0 +1,345 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/weftnet/weft/internal/api"
+	"github.com/weftnet/weft/internal/cluster"
+	"github.com/weftnet/weft/internal/dataplane"
+	"github.com/weftnet/weft/internal/ipam"
+	"github.com/weftnet/weft/internal/version"
+)
+
+// Agent is one node's weft agent.
+type Agent struct {
+	cfg      Config
+	log      *slog.Logger
+	underlay string // underlay interface name
+	mtu      int
+	mac      string
+	ipam     *ipam.Allocator
+	cluster  *cluster.Cluster
+	recon    *dataplane.Reconciler
+
+	kick    chan struct{} // asks the loop for a reconcile; buffered, coalescing
+	started time.Time
+	synced  atomic.Bool // heard the cluster's state: deletes allowed
+	ready   atomic.Bool // dataplane reconciled at least once
+
+	recMu         sync.Mutex // one reconcile at a time
+	lastReconcile time.Time
+	lastErr       error
+	reconciles    uint64
+	drift         uint64
+}
+
+// Run runs the agent until ctx ends.
+func Run(ctx context.Context, cfg Config) error {
+	if err := cfg.validate(); err != nil {
+		return err
+	}
+	a := &Agent{cfg: cfg, log: cfg.Logger, kick: make(chan struct{}, 1), started: time.Now()}
+
+	name, ulMTU, err := dataplane.UnderlayLink(cfg.UnderlayIP)
+	if err != nil {
+		return err
+	}
+	a.underlay = name
+	a.mtu = cfg.MTU
+	if a.mtu == 0 {
+		a.mtu = dataplane.MTUFor(ulMTU)
+	}
+	a.mac = dataplane.VTEPMAC(cfg.NodeName).String()
+
+	a.ipam, err = ipam.New(ctx, ipam.Config{
+		ClusterCIDR: cfg.ClusterCIDR, BlockBits: cfg.BlockBits, Node: cfg.NodeName,
+		StatePath: cfg.StatePath, Store: cfg.Claims, OnBlocksChanged: a.blocksChanged,
+	})
+	if err != nil {
+		return fmt.Errorf("starting IPAM: %w", err)
+	}
+	a.recon = dataplane.NewReconciler(dataplane.NewKernel())
+
+	a.cluster, err = cluster.Start(cluster.Config{
+		Self: a.selfRecord(), BindAddr: cfg.UnderlayIP, Port: cfg.GossipPort, Key: cfg.GossipKey,
+		OnChange: a.requestReconcile, LogOutput: os.Stderr, Verbose: cfg.Verbose,
+	})
+	if err != nil {
+		return err
+	}
+	defer a.cluster.Shutdown() // no leave: peers keep our routes across a restart
+
+	l, err := api.Listen(cfg.Socket)
+	if err != nil {
+		return err
+	}
+	a.log.Info("weft agent started", "node", cfg.NodeName, "underlay", cfg.UnderlayIP, "interface", name,
+		"mtu", a.mtu, "home", a.ipam.Home(), "socket", cfg.Socket, "version", version.Version)
+
+	var wg sync.WaitGroup
+	errc := make(chan error, 1)
+	wg.Go(func() {
+		if err := api.Serve(ctx, l, api.NewHandler(a)); err != nil {
+			errc <- fmt.Errorf("local API: %w", err)
+		}
+	})
+	wg.Go(func() { a.joinLoop(ctx) })
+	a.reconcileLoop(ctx, errc)
+	wg.Wait()
+	select {
+	case err := <-errc:
+		return err
+	default:
+		return nil
+	}
+}
+
+func (a *Agent) selfRecord() cluster.Node {
+	return cluster.Node{
+		Name: a.cfg.NodeName, Underlay: a.cfg.UnderlayIP, VTEPMAC: a.mac,
+		Tunnel: a.ipam.Tunnel(), Blocks: a.ipam.Blocks(), Version: version.Version,
+	}
+}
+
+func (a *Agent) requestReconcile() {
+	select {
+	case a.kick <- struct{}{}:
+	default:
+	}
+}
+
+// blocksChanged runs when IPAM claimed or gave back a block: publish the new record and
+// put the block's route on the bridge before the pod that caused it starts.
+func (a *Agent) blocksChanged() {
+	if a.cluster == nil {
+		return
+	}
+	if err := a.cluster.Update(a.selfRecord()); err != nil {
+		a.log.Error("publishing node record", "err", err)
+	}
+	a.reconcile()
+}
+
+func (a *Agent) reconcileLoop(ctx context.Context, errc chan error) {
+	t := time.NewTicker(a.cfg.Resync)
+	defer t.Stop()
+	for {
+		a.reconcile()
+		select {
+		case <-ctx.Done():
+			return
+		case err := <-errc:
+			errc <- err
+			return
+		case <-a.kick:
+		case <-t.C:
+		}
+	}
+}
+
+// desired computes the node's desired kernel state from IPAM and the live peers.
+func (a *Agent) desired() dataplane.Desired {
+	d := dataplane.Desired{
+		Bridge: dataplane.Bridge{
+			Name: dataplane.BridgeName, Gateway: a.ipam.Gateway(), Blocks: a.ipam.Blocks(),
+			MAC: dataplane.BridgeMAC(a.cfg.NodeName),
+		},
+		VXLAN: dataplane.VXLAN{
+			Name: dataplane.VXLANName, VNI: dataplane.VNI, Port: dataplane.VXLANPort,
+			UnderlayIP: a.cfg.UnderlayIP, Underlay: a.underlay,
+			MAC: dataplane.VTEPMAC(a.cfg.NodeName), TunnelIP: a.ipam.Tunnel(),
+		},
+		ClusterCIDR: a.cfg.ClusterCIDR,
+		MTU:         a.mtu,
+		Prune:       a.synced.Load(),
+	}
+	for _, n := range a.cluster.Live() {
+		if n.Underlay == a.cfg.UnderlayIP || !a.cfg.ClusterCIDR.Contains(n.Tunnel) {
+			continue // a misconfigured peer must not hijack our own addresses
+		}
+		d.Peers = append(d.Peers, dataplane.Peer{
+			Name: n.Name, UnderlayIP: n.Underlay, MAC: n.MAC(), TunnelIP: n.Tunnel, Blocks: n.Blocks,
+		})
+	}
+	return d
+}
+
+func (a *Agent) reconcile() {
+	a.recMu.Lock()
+	defer a.recMu.Unlock()
+	res, err := a.recon.Reconcile(a.desired())
+	a.reconciles++
+	a.lastErr = err
+	if err != nil {
+		a.log.Error("reconciling the dataplane (will retry)", "err", err)
+		return
+	}
+	for _, e := range res.Ignored {
+		a.log.Warn("ignoring part of a peer's record", "err", e)
+	}
+	a.lastReconcile = time.Now()
+	if a.ready.Load() {
+		a.drift += uint64(len(res.Ops))
+	}
+	for _, op := range res.Ops {
+		a.log.Info("kernel", "op", op.String())
+	}
+	if !a.ready.Swap(true) {
+		a.log.Info("dataplane ready", "ops", len(res.Ops))
+	}
+}
+
+// joinLoop joins every discovered peer that is not a live member, at start and then every
+// resync period, so nodes that start later or come back after a partition are found.
+func (a *Agent) joinLoop(ctx context.Context) {
+	t := time.NewTicker(a.cfg.Resync)
+	defer t.Stop()
+	for {
+		a.joinMissing(ctx)
+		if !a.synced.Load() && time.Since(a.started) > a.cfg.SyncGrace {
+			a.log.Warn("no peer answered within the grace period; removing kernel entries of unknown nodes from now on", "grace", a.cfg.SyncGrace)
+			a.setSynced()
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+func (a *Agent) joinMissing(ctx context.Context) {
+	peers, err := a.cfg.Discovery.Peers(ctx)
+	if err != nil {
+		a.log.Warn("discovering peers", "err", err)
+		return
+	}
+	live := a.cluster.LiveAddrs()
+	var missing []string
+	for _, p := range peers {
+		ap, err := netip.ParseAddrPort(p)
+		addr := ap.Addr()
+		if err != nil {
+			addr, _ = netip.ParseAddr(p)
+		}
+		if addr == a.cfg.UnderlayIP || live[addr] {
+			continue
+		}
+		missing = append(missing, p)
+	}
+	if len(peers) == 0 {
+		a.setSynced() // a cluster of one: nothing to wait for
+		return
+	}
+	if len(missing) == 0 {
+		a.setSynced()
+		return
+	}
+	n, err := a.cluster.Join(missing)
+	if n > 0 {
+		a.setSynced()
+	}
+	if err != nil && n == 0 {
+		a.log.Debug("joining peers", "peers", missing, "err", err)
+	}
+}
+
+func (a *Agent) setSynced() {
+	if !a.synced.Swap(true) {
+		a.log.Info("cluster state heard; pruning enabled")
+		a.requestReconcile()
+	}
+}
+
+// The local API backend.
+
+func key(at api.Attachment) ipam.Key { return ipam.Key{ContainerID: at.ContainerID, IfName: at.IfName} }
+
+func (a *Agent) lease(l ipam.Lease) api.Lease {
+	return api.Lease{
+		Attachment:  api.Attachment{ContainerID: l.ContainerID, IfName: l.IfName},
+		Address:     l.Address,
+		Gateway:     a.ipam.Gateway(),
+		ClusterCIDR: a.cfg.ClusterCIDR,
+		Bridge:      dataplane.BridgeName,
+		MTU:         a.mtu,
+	}
+}
+
+// Add implements api.Backend.
+func (a *Agent) Add(ctx context.Context, req api.AddRequest) (api.Lease, error) {
+	if !a.ready.Load() {
+		return api.Lease{}, fmt.Errorf("%w: the node's dataplane is not set up yet", api.ErrNotReady)
+	}
+	l, err := a.ipam.Allocate(ctx, key(req.Attachment))
+	if errors.Is(err, ipam.ErrExhausted) {
+		return api.Lease{}, fmt.Errorf("%w: %v", api.ErrExhausted, err)
+	}
+	if err != nil {
+		return api.Lease{}, err
+	}
+	a.log.Debug("lease", "container", req.ContainerID, "if", req.IfName, "pod", req.PodNamespace+"/"+req.PodName, "address", l.Address)
+	return a.lease(l), nil
+}
+
+// Del implements api.Backend.
+func (a *Agent) Del(ctx context.Context, at api.Attachment) error {
+	_, err := a.ipam.Release(ctx, key(at))
+	return err
+}
+
+// Check implements api.Backend.
+func (a *Agent) Check(_ context.Context, at api.Attachment) (api.Lease, error) {
+	l, ok := a.ipam.Get(key(at))
+	if !ok {
+		return api.Lease{}, fmt.Errorf("%w: %s/%s", api.ErrNotFound, at.ContainerID, at.IfName)
+	}
+	return a.lease(l), nil
+}
+
+// GC implements api.Backend.
+func (a *Agent) GC(ctx context.Context, req api.GCRequest) (api.GCResponse, error) {
+	valid := make([]ipam.Key, 0, len(req.Valid))
+	for _, at := range req.Valid {
+		valid = append(valid, key(at))
+	}
+	freed, err := a.ipam.GC(ctx, valid)
+	resp := api.GCResponse{Released: []api.Attachment{}}
+	for _, k := range freed {
+		resp.Released = append(resp.Released, api.Attachment{ContainerID: k.ContainerID, IfName: k.IfName})
+	}
+	return resp, err
+}
+
+// Status implements api.Backend.
+func (a *Agent) Status(context.Context) (api.Status, error) {
+	s := api.Status{
+		Node: a.cfg.NodeName, Version: version.Version, Ready: a.ready.Load(),
+		Underlay: a.cfg.UnderlayIP, ClusterCIDR: a.cfg.ClusterCIDR, Gateway: a.ipam.Gateway(), MTU: a.mtu,
+	}
+	a.recMu.Lock()
+	s.LastReconcile, s.Reconciles, s.Drift = a.lastReconcile, a.reconciles, a.drift
+	if !s.Ready {
+		s.Reason = "dataplane not reconciled yet"
+		if a.lastErr != nil {
+			s.Reason += ": " + a.lastErr.Error()
+		}
+	}
+	a.recMu.Unlock()
+	for _, u := range a.ipam.Usage() {
+		s.Blocks = append(s.Blocks, api.BlockUsage{Block: u.Block, Used: u.Used, Capacity: u.Capacity})
+	}
+	for _, m := range a.cluster.Members() {
+		s.Peers = append(s.Peers, api.Peer{Name: m.Name, Underlay: m.Underlay, State: m.State, Blocks: slices.Clone(m.Blocks), Version: m.Version})
+	}
+	return s, nil
+}

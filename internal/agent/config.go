@@ -1,0 +1,75 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"time"
+
+	"github.com/weftnet/weft/internal/ipam"
+)
+
+// Config is everything the agent needs.
+type Config struct {
+	NodeName    string
+	UnderlayIP  netip.Addr // the node's address on the underlay network
+	GossipPort  int
+	GossipKey   []byte // nil: no gossip encryption
+	Discovery   Discovery
+	Socket      string
+	StatePath   string // IPAM lease file
+	Claims      ipam.ClaimStore
+	ClusterCIDR netip.Prefix
+	BlockBits   int
+	MTU         int // 0: underlay MTU minus the VXLAN overhead
+	Resync      time.Duration
+	// SyncGrace is how long the agent waits for a first successful join before it allows
+	// itself to delete kernel entries of nodes it has not heard of.
+	SyncGrace time.Duration
+	Logger    *slog.Logger
+	Verbose   bool
+}
+
+func (c *Config) validate() error {
+	switch {
+	case c.NodeName == "":
+		return errors.New("no node name: pass --node-name")
+	case !c.UnderlayIP.Is4():
+		return fmt.Errorf("underlay address %v: pass --underlay-ip with this node's IPv4 address", c.UnderlayIP)
+	case c.Socket == "":
+		return errors.New("no socket path: pass --socket")
+	case c.Claims == nil:
+		return errors.New("no block claim store configured")
+	case c.ClusterCIDR.Contains(c.UnderlayIP):
+		return fmt.Errorf("the underlay address %s lies inside the cluster CIDR %s: choose a --cluster-cidr that does not overlap the node network", c.UnderlayIP, c.ClusterCIDR)
+	case c.MTU != 0 && (c.MTU < 576 || c.MTU > 65000):
+		return fmt.Errorf("--mtu %d: must be between 576 and 65000, or 0 to derive it from the underlay", c.MTU)
+	}
+	if c.Resync <= 0 {
+		c.Resync = 5 * time.Second
+	}
+	if c.SyncGrace <= 0 {
+		c.SyncGrace = 30 * time.Second
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	if c.Discovery == nil {
+		c.Discovery = StaticPeers(nil)
+	}
+	return nil
+}
+
+// Discovery tells the agent which peers to join. The static list comes from --peers;
+// Kubernetes Node discovery plugs in here too.
+type Discovery interface {
+	Peers(ctx context.Context) ([]string, error)
+}
+
+// StaticPeers is a fixed list of peer addresses ("ip" or "ip:port").
+type StaticPeers []string
+
+// Peers implements Discovery.
+func (s StaticPeers) Peers(context.Context) ([]string, error) { return s, nil }

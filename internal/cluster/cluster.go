@@ -1,0 +1,353 @@
+package cluster
+
+import (
+	"bytes"
+	"cmp"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"slices"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+)
+
+// DefaultPort is the gossip port (TCP and UDP), as Weave Net's.
+const DefaultPort = 6783
+
+// Config configures a Cluster.
+type Config struct {
+	Self     Node // Seq is set by the cluster
+	BindAddr netip.Addr
+	Port     int    // DefaultPort if 0
+	Key      []byte // 16, 24 or 32 bytes; nil disables encryption
+	// OnChange is called whenever live peers or their records change. It must not block.
+	OnChange func()
+	// LogOutput receives memberlist's log; its debug lines only when Verbose.
+	LogOutput io.Writer
+	Verbose   bool
+	// Transport, if set, replaces the UDP/TCP transport (tests use memberlist.MockNetwork).
+	Transport memberlist.Transport
+}
+
+// Cluster is this node's view of the cluster.
+type Cluster struct {
+	ml       *memberlist.Memberlist
+	queue    *memberlist.TransmitLimitedQueue
+	onChange func()
+
+	mu      sync.Mutex
+	self    Node
+	records map[string]Node                     // every record heard, self excluded
+	members map[string]memberlist.NodeStateType // memberlist's view; absent = unknown
+	addrs   map[string]netip.Addr
+
+	stats Stats
+}
+
+// Stats counts gossip traffic carried by weft's delegate (records and state exchange).
+type Stats struct {
+	MsgsIn, MsgsOut, BytesIn, BytesOut atomic.Uint64
+}
+
+// Start creates the memberlist and starts gossiping. Join peers with Join.
+func Start(cfg Config) (*Cluster, error) {
+	if err := cfg.Self.Validate(); err != nil {
+		return nil, fmt.Errorf("own node record: %w", err)
+	}
+	c := &Cluster{
+		onChange: cfg.OnChange,
+		self:     cfg.Self,
+		records:  map[string]Node{},
+		members:  map[string]memberlist.NodeStateType{},
+		addrs:    map[string]netip.Addr{},
+	}
+	if c.onChange == nil {
+		c.onChange = func() {}
+	}
+	c.self.Seq = uint64(time.Now().UnixNano())
+
+	mc := memberlist.DefaultLANConfig()
+	mc.Name = cfg.Self.Name
+	port := cmp.Or(cfg.Port, DefaultPort)
+	if cfg.BindAddr.IsValid() {
+		mc.BindAddr = cfg.BindAddr.String()
+		mc.AdvertiseAddr = cfg.BindAddr.String()
+	}
+	mc.BindPort, mc.AdvertisePort = port, port
+	mc.ProbeInterval = time.Second
+	mc.SuspicionMult = 4
+	mc.PushPullInterval = 15 * time.Second
+	mc.Delegate = (*delegate)(c)
+	mc.Events = (*events)(c)
+	mc.LogOutput = &logFilter{w: cmp.Or[io.Writer](cfg.LogOutput, io.Discard), verbose: cfg.Verbose}
+	if cfg.Transport != nil {
+		mc.Transport = cfg.Transport
+	}
+	if cfg.Key != nil {
+		switch len(cfg.Key) {
+		case 16, 24, 32:
+		default:
+			return nil, fmt.Errorf("gossip key is %d bytes: it must be 16, 24 or 32", len(cfg.Key))
+		}
+		mc.SecretKey = cfg.Key
+	}
+	c.queue = &memberlist.TransmitLimitedQueue{RetransmitMult: mc.RetransmitMult}
+	ml, err := memberlist.Create(mc)
+	if err != nil {
+		return nil, fmt.Errorf("starting gossip on %s:%d: %w (is another agent running, or the address not on this node?)", mc.BindAddr, port, err)
+	}
+	c.ml = ml
+	c.queue.NumNodes = ml.NumMembers
+	return c, nil
+}
+
+// Join contacts peers ("ip" or "ip:port") and exchanges full state with those that answer.
+// It returns how many answered.
+func (c *Cluster) Join(peers []string) (int, error) {
+	addrs := make([]string, 0, len(peers))
+	for _, p := range peers {
+		if _, _, err := net.SplitHostPort(p); err != nil {
+			p = net.JoinHostPort(p, strconv.Itoa(DefaultPort))
+		}
+		addrs = append(addrs, p)
+	}
+	return c.ml.Join(addrs)
+}
+
+// Update publishes a new version of this node's record.
+func (c *Cluster) Update(self Node) error {
+	if err := self.Validate(); err != nil {
+		return err
+	}
+	c.mu.Lock()
+	self.Seq = max(c.self.Seq+1, uint64(time.Now().UnixNano()))
+	c.self = self
+	c.mu.Unlock()
+	c.broadcast(self)
+	return nil
+}
+
+// Self returns this node's current record.
+func (c *Cluster) Self() Node {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.self
+}
+
+// Member is a peer with its membership state.
+type Member struct {
+	Node
+	State string // alive, suspect, dead, left
+}
+
+// Live returns the records of the other nodes memberlist considers alive or suspect,
+// sorted by name. These are the nodes the dataplane routes to.
+func (c *Cluster) Live() []Node {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var out []Node
+	for name, st := range c.members {
+		r, ok := c.records[name]
+		if ok && (st == memberlist.StateAlive || st == memberlist.StateSuspect) {
+			out = append(out, r)
+		}
+	}
+	slices.SortFunc(out, func(a, b Node) int { return cmp.Compare(a.Name, b.Name) })
+	return out
+}
+
+// Members returns every other node heard of, with its state.
+func (c *Cluster) Members() []Member {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var out []Member
+	for name, r := range c.records {
+		st, ok := c.members[name]
+		state := "unknown"
+		if ok {
+			state = stateName(st)
+		}
+		out = append(out, Member{Node: r, State: state})
+	}
+	slices.SortFunc(out, func(a, b Member) int { return cmp.Compare(a.Name, b.Name) })
+	return out
+}
+
+// LiveAddrs returns the gossip addresses of the members memberlist considers alive.
+func (c *Cluster) LiveAddrs() map[netip.Addr]bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := map[netip.Addr]bool{}
+	for name, st := range c.members {
+		if st == memberlist.StateAlive || st == memberlist.StateSuspect {
+			out[c.addrs[name]] = true
+		}
+	}
+	return out
+}
+
+// Stats returns the gossip counters.
+func (c *Cluster) Stats() *Stats { return &c.stats }
+
+// Shutdown stops gossiping without announcing a leave: peers keep this node's routes until
+// failure detection declares it dead, so an agent restart does not drop traffic.
+func (c *Cluster) Shutdown() error { return c.ml.Shutdown() }
+
+// Leave announces that this node leaves for good, then stops.
+func (c *Cluster) Leave(timeout time.Duration) error {
+	if err := c.ml.Leave(timeout); err != nil {
+		return err
+	}
+	return c.ml.Shutdown()
+}
+
+func stateName(s memberlist.NodeStateType) string {
+	switch s {
+	case memberlist.StateAlive:
+		return "alive"
+	case memberlist.StateSuspect:
+		return "suspect"
+	case memberlist.StateDead:
+		return "dead"
+	case memberlist.StateLeft:
+		return "left"
+	}
+	return "unknown"
+}
+
+// merge takes in records heard from the network and reports whether anything changed.
+// Newer records of other nodes are re-broadcast so they spread; a record of ourselves that
+// claims to be newer than ours (left by our previous incarnation) makes us re-assert ours.
+func (c *Cluster) merge(nodes []Node) bool {
+	var rebroadcast []Node
+	changed := false
+	c.mu.Lock()
+	for _, n := range nodes {
+		if n.Name == c.self.Name {
+			if n.Seq >= c.self.Seq && !n.equalContent(c.self) {
+				c.self.Seq = n.Seq + 1
+				rebroadcast = append(rebroadcast, c.self)
+			}
+			continue
+		}
+		old, ok := c.records[n.Name]
+		if ok && old.Seq >= n.Seq {
+			continue
+		}
+		c.records[n.Name] = n
+		rebroadcast = append(rebroadcast, n)
+		if !ok || !old.equalContent(n) {
+			changed = true
+		}
+	}
+	c.mu.Unlock()
+	for _, n := range rebroadcast {
+		c.broadcast(n)
+	}
+	return changed
+}
+
+func (c *Cluster) broadcast(n Node) {
+	c.queue.QueueBroadcast(&recordBroadcast{name: n.Name, msg: encode(msgRecord, n)})
+}
+
+// recordBroadcast is one queued record; a newer record of the same node replaces it.
+type recordBroadcast struct {
+	name string
+	msg  []byte
+}
+
+func (b *recordBroadcast) Invalidates(o memberlist.Broadcast) bool {
+	ob, ok := o.(*recordBroadcast)
+	return ok && ob.name == b.name
+}
+func (b *recordBroadcast) Message() []byte { return b.msg }
+func (b *recordBroadcast) Finished()       {}
+
+// delegate carries records on memberlist's gossip.
+type delegate Cluster
+
+func (d *delegate) NodeMeta(int) []byte { return nil }
+
+func (d *delegate) NotifyMsg(msg []byte) {
+	c := (*Cluster)(d)
+	c.stats.MsgsIn.Add(1)
+	c.stats.BytesIn.Add(uint64(len(msg)))
+	nodes, err := decodeRecords(msg)
+	if err != nil {
+		return // malformed or hostile: ignore
+	}
+	if c.merge(nodes) {
+		c.onChange()
+	}
+}
+
+func (d *delegate) GetBroadcasts(overhead, limit int) [][]byte {
+	c := (*Cluster)(d)
+	msgs := c.queue.GetBroadcasts(overhead, limit)
+	for _, m := range msgs {
+		c.stats.MsgsOut.Add(1)
+		c.stats.BytesOut.Add(uint64(len(m)))
+	}
+	return msgs
+}
+
+func (d *delegate) LocalState(bool) []byte {
+	c := (*Cluster)(d)
+	c.mu.Lock()
+	all := make([]Node, 0, len(c.records)+1)
+	all = append(all, c.self)
+	for _, r := range c.records {
+		all = append(all, r)
+	}
+	c.mu.Unlock()
+	b := encode(msgState, all)
+	c.stats.BytesOut.Add(uint64(len(b)))
+	return b
+}
+
+func (d *delegate) MergeRemoteState(buf []byte, _ bool) {
+	d.NotifyMsg(buf)
+}
+
+// events tracks memberlist's view of each node.
+type events Cluster
+
+func (e *events) set(n *memberlist.Node) {
+	c := (*Cluster)(e)
+	addr, _ := netip.AddrFromSlice(n.Addr)
+	c.mu.Lock()
+	c.members[n.Name] = n.State
+	c.addrs[n.Name] = addr.Unmap()
+	c.mu.Unlock()
+	c.onChange()
+}
+
+func (e *events) NotifyJoin(n *memberlist.Node)   { e.set(n) }
+func (e *events) NotifyUpdate(n *memberlist.Node) { e.set(n) }
+func (e *events) NotifyLeave(n *memberlist.Node) {
+	// n.State is StateDead or StateLeft; memberlist may not have updated it yet for a
+	// node that failed, so a leave always means "not live".
+	if n.State != memberlist.StateLeft {
+		n = &memberlist.Node{Name: n.Name, Addr: n.Addr, State: memberlist.StateDead}
+	}
+	e.set(n)
+}
+
+// logFilter drops memberlist's debug lines unless verbose.
+type logFilter struct {
+	w       io.Writer
+	verbose bool
+}
+
+func (f *logFilter) Write(p []byte) (int, error) {
+	if !f.verbose && bytes.Contains(p, []byte("[DEBUG]")) {
+		return len(p), nil
+	}
+	return f.w.Write(p)
+}

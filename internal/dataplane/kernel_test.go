@@ -1,0 +1,600 @@
+package dataplane
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/vishvananda/netlink"
+	"github.com/weftnet/weft/internal/testutil"
+)
+
+// Real-kernel tests. Each works in throwaway namespaces from testutil.NewNS, enters them
+// only inside ns.Do (locked OS thread), and inspects the result with iproute2 and nft, so
+// the checks do not share code with what they check.
+
+// inNS runs f inside n.
+func inNS(t *testing.T, n ns.NetNS, f func() error) {
+	t.Helper()
+	if err := n.Do(func(ns.NetNS) error { return f() }); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// run runs a command inside n and returns its output.
+func run(t *testing.T, n ns.NetNS, name string, args ...string) string {
+	t.Helper()
+	var out []byte
+	inNS(t, n, func() error {
+		var err error
+		out, err = exec.Command(name, args...).CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("%s %s: %w\n%s", name, strings.Join(args, " "), err, out)
+		}
+		return nil
+	})
+	return string(out)
+}
+
+func reconcile(t *testing.T, n ns.NetNS, r *Reconciler, d Desired) []string {
+	t.Helper()
+	var res Result
+	inNS(t, n, func() error {
+		var err error
+		res, err = r.Reconcile(d)
+		return err
+	})
+	return strings.Split(strings.TrimSuffix(render(res.Ops), "\n"), "\n")
+}
+
+// addVeth creates a veth pair in n: name (up, with addr) and name+"p" (up), as an underlay.
+func addVeth(t *testing.T, n ns.NetNS, name, addr string) {
+	t.Helper()
+	inNS(t, n, func() error {
+		v := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: name, MTU: 1500}, PeerName: name + "p"}
+		if err := netlink.LinkAdd(v); err != nil {
+			return err
+		}
+		a, err := netlink.ParseAddr(addr)
+		if err != nil {
+			return err
+		}
+		if err := netlink.AddrAdd(v, a); err != nil {
+			return err
+		}
+		for _, l := range []string{name, name + "p"} {
+			if err := netlink.LinkSetUp(&netlink.Device{LinkAttrs: netlink.LinkAttrs{Name: l}}); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// kernelDesired is desiredA on a veth underlay named eth0.
+func kernelDesired(prune bool) Desired {
+	d := desiredA(prune)
+	d.VXLAN.Underlay = "eth0"
+	d.MTU = MTUFor(1500)
+	return d
+}
+
+// view is the kernel state weft manages, as iproute2 and nft print it, normalised to sorted
+// lines.
+type view struct {
+	Bridge, VXLAN string
+	Addrs         []string
+	Routes        []string
+	Neighs        []string
+	FDB           []string // entries with a remote
+	IPForward     string
+	NAT           []string // chain header and rules of table ip weft
+}
+
+func readView(t *testing.T, n ns.NetNS, d Desired) view {
+	t.Helper()
+	var v view
+	v.Bridge = linkLine(t, n, d.Bridge.Name)
+	v.VXLAN = linkLine(t, n, d.VXLAN.Name)
+
+	for _, dev := range []string{d.Bridge.Name, d.VXLAN.Name} {
+		var links []struct {
+			AddrInfo []struct {
+				Local     string `json:"local"`
+				Prefixlen int    `json:"prefixlen"`
+			} `json:"addr_info"`
+		}
+		decode(t, run(t, n, "ip", "-4", "-j", "addr", "show", "dev", dev), &links)
+		for _, l := range links {
+			for _, a := range l.AddrInfo {
+				v.Addrs = append(v.Addrs, fmt.Sprintf("%s/%d dev %s", a.Local, a.Prefixlen, dev))
+			}
+		}
+	}
+
+	var routes []struct {
+		Dst, Gateway, Dev, Scope, Prefsrc string
+		Metric                            int
+		Flags                             []string
+	}
+	decode(t, run(t, n, "ip", "-j", "route", "show", "table", "main", "proto", "0x77"), &routes)
+	for _, r := range routes {
+		s := r.Dst
+		if r.Gateway != "" {
+			s += " via " + r.Gateway
+		}
+		s += " dev " + r.Dev
+		if r.Scope != "" {
+			s += " scope " + r.Scope
+		}
+		if r.Prefsrc != "" {
+			s += " src " + r.Prefsrc
+		}
+		if r.Metric != 0 {
+			s += fmt.Sprintf(" metric %d", r.Metric)
+		}
+		if slices.Contains(r.Flags, "onlink") {
+			s += " onlink"
+		}
+		v.Routes = append(v.Routes, s)
+	}
+
+	var neighs []struct {
+		Dst, Lladdr string
+		State       []string
+	}
+	decode(t, run(t, n, "ip", "-j", "neigh", "show", "dev", d.VXLAN.Name), &neighs)
+	for _, e := range neighs {
+		v.Neighs = append(v.Neighs, fmt.Sprintf("%s lladdr %s %s", e.Dst, e.Lladdr, strings.Join(e.State, ",")))
+	}
+
+	var fdb []struct {
+		Mac, Dst, State string
+		Flags           []string
+	}
+	decode(t, run(t, n, "bridge", "-j", "fdb", "show", "dev", d.VXLAN.Name), &fdb)
+	for _, e := range fdb {
+		if e.Dst != "" {
+			v.FDB = append(v.FDB, fmt.Sprintf("%s dst %s %s %s", e.Mac, e.Dst, strings.Join(e.Flags, ","), e.State))
+		}
+	}
+
+	v.IPForward = strings.TrimSpace(run(t, n, "sysctl", "-n", "net.ipv4.ip_forward"))
+
+	var nftOut []byte
+	inNS(t, n, func() error {
+		nftOut, _ = exec.Command("nft", "list", "table", "ip", NFTTable).CombinedOutput() // fails when absent
+		return nil
+	})
+	for _, line := range strings.Split(string(nftOut), "\n") {
+		line = strings.TrimSpace(line)
+		if line != "" && line != "}" && !strings.HasPrefix(line, "table ") {
+			v.NAT = append(v.NAT, line)
+		}
+	}
+	for _, s := range [][]string{v.Addrs, v.Routes, v.Neighs, v.FDB} {
+		slices.Sort(s)
+	}
+	return v
+}
+
+func linkLine(t *testing.T, n ns.NetNS, name string) string {
+	var links []struct {
+		Ifname, Address string
+		MTU             int
+		Flags           []string
+		Linkinfo        struct {
+			InfoKind string `json:"info_kind"`
+			InfoData struct {
+				ID       int    `json:"id"`
+				Local    string `json:"local"`
+				Link     string `json:"link"`
+				Port     int    `json:"port"`
+				Learning *bool  `json:"learning"`
+			} `json:"info_data"`
+		}
+	}
+	var out []byte
+	inNS(t, n, func() error {
+		out, _ = exec.Command("ip", "-d", "-j", "link", "show", "dev", name).Output() // empty when absent
+		return nil
+	})
+	if len(out) == 0 {
+		return "absent"
+	}
+	decode(t, string(out), &links)
+	l := links[0]
+	s := fmt.Sprintf("%s kind %s mtu %d up %t", l.Ifname, l.Linkinfo.InfoKind, l.MTU, slices.Contains(l.Flags, "UP"))
+	if i := l.Linkinfo.InfoData; l.Linkinfo.InfoKind == "vxlan" {
+		s += fmt.Sprintf(" address %s id %d local %s link %s port %d learning %v", l.Address, i.ID, i.Local, i.Link, i.Port, *i.Learning)
+	}
+	return s
+}
+
+func decode(t *testing.T, s string, v any) {
+	t.Helper()
+	if err := json.Unmarshal([]byte(s), v); err != nil {
+		t.Fatalf("decoding %q: %v", s, err)
+	}
+}
+
+// expectedView is what d asks for, written independently of Plan, plus FDB entries that
+// are not weft's.
+func expectedView(d Desired, foreignFDB ...string) view {
+	v := view{
+		Bridge:    fmt.Sprintf("%s kind bridge mtu %d up true", d.Bridge.Name, d.MTU),
+		VXLAN:     fmt.Sprintf("%s kind vxlan mtu %d up true address %s id %d local %s link %s port %d learning false", d.VXLAN.Name, d.MTU, d.VXLAN.MAC, d.VXLAN.VNI, d.VXLAN.UnderlayIP, d.VXLAN.Underlay, d.VXLAN.Port),
+		Addrs:     []string{fmt.Sprintf("%s/32 dev %s", d.Bridge.Gateway, d.Bridge.Name), fmt.Sprintf("%s/32 dev %s", d.VXLAN.TunnelIP, d.VXLAN.Name)},
+		IPForward: "1",
+		NAT: []string{
+			"chain postrouting {",
+			"type nat hook postrouting priority srcnat; policy accept;",
+			fmt.Sprintf(`ip saddr %[1]s ip daddr != %[1]s masquerade comment "weft: masquerade %[1]s"`, d.ClusterCIDR),
+		},
+	}
+	for _, b := range d.Bridge.Blocks {
+		v.Routes = append(v.Routes, fmt.Sprintf("%s dev %s scope link src %s", b, d.Bridge.Name, d.Bridge.Gateway))
+	}
+	for _, p := range d.Peers {
+		for _, b := range p.Blocks {
+			v.Routes = append(v.Routes, fmt.Sprintf("%s via %s dev %s onlink", b, p.TunnelIP, d.VXLAN.Name))
+		}
+		v.Neighs = append(v.Neighs, fmt.Sprintf("%s lladdr %s PERMANENT", p.TunnelIP, p.MAC))
+		v.FDB = append(v.FDB, fmt.Sprintf("%s dst %s self permanent", p.MAC, p.UnderlayIP))
+	}
+	v.FDB = append(v.FDB, foreignFDB...)
+	for _, s := range [][]string{v.Addrs, v.Routes, v.Neighs, v.FDB} {
+		slices.Sort(s)
+	}
+	return v
+}
+
+func checkView(t *testing.T, n ns.NetNS, d Desired, want view) {
+	t.Helper()
+	got := readView(t, n, d)
+	g, _ := json.MarshalIndent(got, "", "  ")
+	w, _ := json.MarshalIndent(want, "", "  ")
+	if string(g) != string(w) {
+		t.Fatalf("kernel state differs\n--- got\n%s\n--- want\n%s", g, w)
+	}
+}
+
+func checkOps(t *testing.T, got []string, want ...string) {
+	t.Helper()
+	if len(want) == 0 {
+		want = []string{""}
+	}
+	if !slices.Equal(got, want) {
+		t.Fatalf("applied ops\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+}
+
+func TestKernelReconcile(t *testing.T) {
+	n := testutil.NewNS(t)
+	addVeth(t, n, "eth0", "198.18.0.1/15")
+	d := kernelDesired(true)
+	r := NewReconciler(NewKernel())
+
+	t.Log("from an empty namespace: everything is set up")
+	if ops := reconcile(t, n, r, d); len(ops) != len(Plan(d, Observed{})) {
+		t.Errorf("first reconcile applied %d ops, want the full plan of %d:\n%s", len(ops), len(Plan(d, Observed{})), strings.Join(ops, "\n"))
+	}
+	checkView(t, n, d, expectedView(d))
+
+	t.Log("again: nothing to do, although the device has FDB entries that are not weft's")
+	run(t, n, "bridge", "fdb", "append", "00:00:00:00:00:00", "dst", "198.18.0.77", "dev", VXLANName, "self", "permanent")
+	const flood = "00:00:00:00:00:00 dst 198.18.0.77 self permanent"
+	checkOps(t, reconcile(t, n, r, d))
+
+	t.Log("a route deleted by hand comes back, and only it")
+	run(t, n, "ip", "route", "del", "10.32.1.0/26")
+	checkOps(t, reconcile(t, n, r, d), "route add 10.32.1.0/26 via 10.32.0.64 dev weft-vxlan onlink proto 0x77")
+	checkView(t, n, d, expectedView(d, flood))
+
+	t.Log("drift everywhere else is repaired in place")
+	run(t, n, "ip", "link", "set", VXLANName, "mtu", "1400", "address", "02:00:00:00:00:99")
+	run(t, n, "ip", "link", "set", BridgeName, "down") // the kernel drops the bridge's routes with it
+	run(t, n, "ip", "neigh", "replace", "10.32.0.64", "lladdr", "02:00:00:00:00:99", "dev", VXLANName, "nud", "permanent")
+	run(t, n, "bridge", "fdb", "replace", macC.String(), "dst", "198.18.0.99", "dev", VXLANName, "self", "permanent")
+	run(t, n, "ip", "neigh", "replace", "10.32.0.128", "lladdr", macC.String(), "dev", VXLANName, "nud", "reachable")
+	run(t, n, "bridge", "fdb", "replace", macB.String(), "dst", "198.18.0.2", "dev", VXLANName, "self", "dynamic")
+	run(t, n, "ip", "route", "replace", "10.32.0.128/26", "via", "10.32.0.64", "dev", VXLANName, "onlink", "proto", "0x77")
+	run(t, n, "nft", "add", "rule", "ip", NFTTable, "postrouting", "counter")
+	inNS(t, n, func() error { return os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("0"), 0o644) })
+	checkOps(t, reconcile(t, n, r, d),
+		"link set weft up",
+		"link set weft-vxlan mtu 1450",
+		"link set weft-vxlan address 02:00:00:00:00:0a",
+		"neigh replace 10.32.0.64 lladdr 02:00:00:00:00:0b dev weft-vxlan nud permanent",
+		"neigh replace 10.32.0.128 lladdr 02:00:00:00:00:0c dev weft-vxlan nud permanent",
+		"fdb replace 02:00:00:00:00:0b dst 198.18.0.2 dev weft-vxlan self permanent",
+		"fdb replace 02:00:00:00:00:0c dst 198.18.0.3 dev weft-vxlan self permanent",
+		"route add 10.32.0.0/26 dev weft scope link src 10.32.0.1 proto 0x77",
+		"route replace 10.32.0.128/26 via 10.32.0.128 dev weft-vxlan onlink proto 0x77",
+		"route add 10.32.1.128/26 dev weft scope link src 10.32.0.1 proto 0x77",
+		"sysctl net.ipv4.ip_forward=1",
+		"nft rebuild chain ip weft postrouting { type nat hook postrouting priority srcnat; ip saddr 10.32.0.0/16 ip daddr != 10.32.0.0/16 masquerade }",
+	)
+	checkView(t, n, d, expectedView(d, flood))
+	checkOps(t, reconcile(t, n, r, d))
+
+	t.Log("a peer gone without Prune: its entries stay")
+	gone := d
+	gone.Prune = false
+	gone.Peers = d.Peers[:1]
+	checkOps(t, reconcile(t, n, r, gone))
+	checkView(t, n, d, expectedView(d, flood))
+
+	t.Log("a peer gone with Prune: its entries, and only they, go")
+	gone.Prune = true
+	checkOps(t, reconcile(t, n, r, gone),
+		"route del 10.32.0.128/26 via 10.32.0.128 dev weft-vxlan onlink proto 0x77",
+		"route del 10.32.1.64/26 via 10.32.0.128 dev weft-vxlan onlink proto 0x77",
+		"neigh del 10.32.0.128 lladdr 02:00:00:00:00:0c dev weft-vxlan",
+		"fdb del 02:00:00:00:00:0c dst 198.18.0.3 dev weft-vxlan self",
+	)
+	checkView(t, n, gone, expectedView(gone, flood))
+
+	t.Log("a VXLAN device with another VNI is replaced, and what hung on it restored")
+	run(t, n, "ip", "link", "del", VXLANName)
+	run(t, n, "ip", "link", "add", VXLANName, "type", "vxlan", "id", "2", "dstport", "6784", "local", "198.18.0.1", "dev", "eth0", "nolearning")
+	ops := reconcile(t, n, r, d)
+	if len(ops) < 3 || ops[0] != "link del weft-vxlan" || !strings.HasPrefix(ops[1], "link add weft-vxlan type vxlan id 1 ") {
+		t.Fatalf("ops do not recreate the device:\n%s", strings.Join(ops, "\n"))
+	}
+	checkView(t, n, d, expectedView(d))
+	checkOps(t, reconcile(t, n, r, d))
+
+	t.Log("a chain of the wrong kind is replaced in one transaction")
+	run(t, n, "nft", "delete", "table", "ip", NFTTable)
+	run(t, n, "nft", "add", "table", "ip", NFTTable)
+	run(t, n, "nft", "add", "chain", "ip", NFTTable, "postrouting", "{ type nat hook postrouting priority 0; }")
+	run(t, n, "nft", "add", "rule", "ip", NFTTable, "postrouting", "ip saddr 10.32.0.0/16 ip daddr != 10.32.0.0/16 masquerade")
+	checkOps(t, reconcile(t, n, r, d),
+		"nft rebuild chain ip weft postrouting { type nat hook postrouting priority srcnat; ip saddr 10.32.0.0/16 ip daddr != 10.32.0.0/16 masquerade }")
+	checkView(t, n, d, expectedView(d))
+}
+
+// Apply is idempotent on its own: adding what exists as asked and deleting what is gone
+// are not errors, but a foreign route in the way is, with advice.
+func TestKernelApplyIdempotent(t *testing.T) {
+	n := testutil.NewNS(t)
+	addVeth(t, n, "eth0", "198.18.0.1/15")
+	d := kernelDesired(true)
+	k := NewKernel()
+	reconcile(t, n, NewReconciler(k), d)
+
+	peerRoute := Route{Dst: cidr("10.32.1.0/26"), Gw: ip("10.32.0.64"), Dev: VXLANName, OnLink: true}
+	gone := Route{Dst: cidr("10.99.0.0/26"), Gw: ip("10.32.0.64"), Dev: VXLANName, OnLink: true}
+	inNS(t, n, func() error {
+		for _, op := range []Op{
+			LinkAdd{Link: wantVXLAN(d)},
+			LinkAdd{Link: wantBridge(d)},
+			AddrAdd{Addr: Addr{Dev: BridgeName, Prefix: netip.PrefixFrom(d.Bridge.Gateway, 32)}},
+			RouteAdd{Route: peerRoute},
+			NeighSet{Neigh: Neigh{Dev: VXLANName, IP: ip("10.32.0.64"), MAC: macB}},
+			FDBSet{FDB: FDB{Dev: VXLANName, MAC: macB, Dst: ip("198.18.0.2")}},
+			SysctlSet{Key: ipForward, Value: "1"},
+			MasqueradeSet{ClusterCIDR: d.ClusterCIDR},
+			RouteDel{Route: gone},
+			NeighDel{Neigh: Neigh{Dev: VXLANName, IP: ip("10.32.9.9")}},
+			FDBDel{FDB: FDB{Dev: VXLANName, MAC: mustMAC("02:00:00:00:00:77"), Dst: ip("198.18.0.77")}},
+			AddrDel{Addr: Addr{Dev: BridgeName, Prefix: cidr("10.32.9.1/32")}},
+			LinkDel{Name: "no-such-link"},
+			RouteDel{Route: Route{Dst: cidr("10.99.0.0/26"), Dev: "no-such-link"}},
+		} {
+			if err := k.Apply(op); err != nil {
+				return fmt.Errorf("repeating %q: %w", op, err)
+			}
+		}
+		return nil
+	})
+	checkView(t, n, d, expectedView(d))
+
+	run(t, n, "ip", "route", "add", "10.77.0.0/26", "dev", BridgeName, "proto", "static")
+	inNS(t, n, func() error {
+		err := k.Apply(RouteAdd{Route: Route{Dst: cidr("10.77.0.0/26"), Gw: ip("10.32.0.64"), Dev: VXLANName, OnLink: true}})
+		if err == nil || !strings.Contains(err.Error(), "did not install") {
+			return fmt.Errorf("adding over a foreign route: err = %v, want one saying it is not weft's", err)
+		}
+		err = k.Apply(LinkAdd{Link: Link{Name: VXLANName, Kind: "vxlan", VNI: 9, Port: VXLANPort, Local: d.VXLAN.UnderlayIP, Underlay: "eth0", MTU: 1450}})
+		if err == nil {
+			return errors.New("adding a VXLAN device over one with another VNI succeeded")
+		}
+		err = k.Apply(LinkAdd{Link: Link{Name: "weft-x", Kind: "vxlan", VNI: 9, Port: VXLANPort, Local: d.VXLAN.UnderlayIP, Underlay: "eth9", MTU: 1450}})
+		if err == nil || !strings.Contains(err.Error(), "VXLAN.Underlay") {
+			return fmt.Errorf("missing underlay: err = %v, want advice about VXLAN.Underlay", err)
+		}
+		return nil
+	})
+}
+
+func TestUnderlayDiscovery(t *testing.T) {
+	n := testutil.NewNS(t)
+	inNS(t, n, func() error {
+		if _, err := DefaultUnderlayIP(); !errors.Is(err, ErrNoUnderlay) {
+			return fmt.Errorf("empty namespace: DefaultUnderlayIP err = %v, want ErrNoUnderlay", err)
+		}
+		return nil
+	})
+
+	addVeth(t, n, "eth0", "198.18.0.1/15")
+	addVeth(t, n, "eth1", "192.0.2.10/24")
+	inNS(t, n, func() error {
+		if got, err := DefaultUnderlayIP(); err != nil || got != ip("198.18.0.1") {
+			return fmt.Errorf("no default route: DefaultUnderlayIP = %v, %v; want the first global address 198.18.0.1", got, err)
+		}
+		return nil
+	})
+	run(t, n, "ip", "route", "add", "default", "via", "192.0.2.1", "dev", "eth1")
+	inNS(t, n, func() error {
+		if got, err := DefaultUnderlayIP(); err != nil || got != ip("192.0.2.10") {
+			return fmt.Errorf("default route on eth1: DefaultUnderlayIP = %v, %v; want 192.0.2.10", got, err)
+		}
+		return nil
+	})
+	run(t, n, "ip", "addr", "add", "192.0.2.20/32", "dev", "eth1")
+	run(t, n, "ip", "route", "replace", "default", "via", "192.0.2.1", "dev", "eth1", "src", "192.0.2.20")
+	inNS(t, n, func() error {
+		if got, err := DefaultUnderlayIP(); err != nil || got != ip("192.0.2.20") {
+			return fmt.Errorf("default route with src: DefaultUnderlayIP = %v, %v; want 192.0.2.20", got, err)
+		}
+		if name, mtu, err := UnderlayLink(ip("192.0.2.20")); err != nil || name != "eth1" || mtu != 1500 {
+			return fmt.Errorf("UnderlayLink(192.0.2.20) = %q, %d, %v; want eth1, 1500", name, mtu, err)
+		}
+		if name, _, err := UnderlayLink(ip("198.18.0.1")); err != nil || name != "eth0" {
+			return fmt.Errorf("UnderlayLink(198.18.0.1) = %q, %v; want eth0", name, err)
+		}
+		if _, _, err := UnderlayLink(ip("203.0.113.1")); !errors.Is(err, ErrNoUnderlay) || !strings.Contains(err.Error(), "203.0.113.1") {
+			return fmt.Errorf("UnderlayLink of an absent address: err = %v, want ErrNoUnderlay naming it", err)
+		}
+		return nil
+	})
+}
+
+// Two nodes joined by a veth underlay, each with a pod on its bridge: pods reach each other
+// and node A reaches pod B through the overlay.
+func TestTwoNodeTraffic(t *testing.T) {
+	nodeA, nodeB := testutil.NewNS(t), testutil.NewNS(t)
+	podA, podB := testutil.NewNS(t), testutil.NewNS(t)
+
+	inNS(t, nodeA, func() error {
+		v := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "eth0", MTU: 1500}, PeerName: "eth0b",
+			PeerNamespace: netlink.NsFd(int(nodeB.Fd()))}
+		return netlink.LinkAdd(v)
+	})
+	run(t, nodeB, "ip", "link", "set", "eth0b", "name", "eth0")
+	for _, x := range []struct {
+		node ns.NetNS
+		addr string
+	}{{nodeA, "198.18.0.1/15"}, {nodeB, "198.18.0.2/15"}} {
+		run(t, x.node, "ip", "addr", "add", x.addr, "dev", "eth0")
+		run(t, x.node, "ip", "link", "set", "eth0", "up")
+	}
+
+	cluster := cidr("10.32.0.0/16")
+	a := Peer{Name: "node-a", UnderlayIP: ip("198.18.0.1"), MAC: VTEPMAC("node-a"), TunnelIP: ip("10.32.0.0"),
+		Blocks: []netip.Prefix{cidr("10.32.0.0/26")}}
+	b := Peer{Name: "node-b", UnderlayIP: ip("198.18.0.2"), MAC: VTEPMAC("node-b"), TunnelIP: ip("10.32.0.64"),
+		Blocks: []netip.Prefix{cidr("10.32.0.64/26")}}
+	desired := func(self, peer Peer, gateway netip.Addr) Desired {
+		return Desired{
+			Bridge: Bridge{Name: BridgeName, Gateway: gateway, Blocks: self.Blocks, MAC: BridgeMAC(self.Name)},
+			VXLAN: VXLAN{Name: VXLANName, VNI: VNI, Port: VXLANPort, UnderlayIP: self.UnderlayIP, Underlay: "eth0",
+				MAC: self.MAC, TunnelIP: self.TunnelIP},
+			Peers:       []Peer{peer},
+			ClusterCIDR: cluster,
+			MTU:         MTUFor(1500),
+			Prune:       true,
+		}
+	}
+	dA, dB := desired(a, b, ip("10.32.0.1")), desired(b, a, ip("10.32.0.65"))
+	reconcile(t, nodeA, NewReconciler(NewKernel()), dA)
+	reconcile(t, nodeB, NewReconciler(NewKernel()), dB)
+	checkView(t, nodeA, dA, expectedView(dA))
+	checkView(t, nodeB, dB, expectedView(dB))
+
+	attachPod(t, nodeA, podA, "10.32.0.5/26", dA)
+	attachPod(t, nodeB, podB, "10.32.0.69/26", dB)
+
+	ping(t, podA, "10.32.0.69")  // pod A -> pod B
+	ping(t, nodeA, "10.32.0.69") // node A -> pod B
+	ping(t, podB, "10.32.0.5")   // pod B -> pod A
+
+	// Pod to pod is not translated; node-originated traffic leaves with the tunnel address.
+	if got := sourceSeen(t, podA, podB, "10.32.0.69"); got != "10.32.0.5" {
+		t.Errorf("pod B saw pod A's ping come from %s, want 10.32.0.5 (pod traffic must not be translated)", got)
+	}
+	if got := sourceSeen(t, nodeA, podB, "10.32.0.69"); got != "10.32.0.0" {
+		t.Errorf("pod B saw node A's ping come from %s, want node A's tunnel address 10.32.0.0", got)
+	}
+	ping(t, podB, "10.32.0.5")
+
+	var links []struct {
+		Stats64 struct {
+			Rx struct{ Packets int } `json:"rx"`
+		} `json:"stats64"`
+	}
+	decode(t, run(t, nodeB, "ip", "-s", "-j", "link", "show", "dev", VXLANName), &links)
+	if got := links[0].Stats64.Rx.Packets; got < 3 {
+		t.Errorf("node B's VXLAN device received %d packets; the pings did not cross the overlay", got)
+	}
+}
+
+// sourceSeen pings dst from inside from and returns the source address of the first echo
+// request that arrives inside to.
+func sourceSeen(t *testing.T, from, to ns.NetNS, dst string) string {
+	t.Helper()
+	var conn net.PacketConn
+	inNS(t, to, func() (err error) {
+		conn, err = net.ListenPacket("ip4:icmp", "0.0.0.0") // a raw socket of to's namespace
+		return err
+	})
+	defer conn.Close()
+	ping(t, from, dst)
+	if err := conn.SetReadDeadline(time.Now().Add(2 * time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 2048)
+	for {
+		n, addr, err := conn.ReadFrom(buf)
+		if err != nil {
+			t.Fatalf("waiting for the echo request to %s: %v", dst, err)
+		}
+		if n > 0 && buf[0] == 8 { // ICMP echo request
+			return addr.String()
+		}
+	}
+}
+
+// attachPod does what weft-cni does: a veth from the pod to the bridge, the pod address, a
+// default route via the gateway.
+func attachPod(t *testing.T, node, pod ns.NetNS, addr string, d Desired) {
+	t.Helper()
+	const host = "vethpod"
+	inNS(t, node, func() error {
+		v := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: host, MTU: d.MTU}, PeerName: "eth0",
+			PeerNamespace: netlink.NsFd(int(pod.Fd()))}
+		if err := netlink.LinkAdd(v); err != nil {
+			return err
+		}
+		br, err := netlink.LinkByName(d.Bridge.Name)
+		if err != nil {
+			return err
+		}
+		if err := netlink.LinkSetMaster(v, br); err != nil {
+			return err
+		}
+		return netlink.LinkSetUp(v)
+	})
+	run(t, pod, "ip", "addr", "add", addr, "dev", "eth0")
+	run(t, pod, "ip", "link", "set", "eth0", "up")
+	run(t, pod, "ip", "route", "add", "default", "via", d.Bridge.Gateway.String(), "dev", "eth0")
+}
+
+// ping sends ICMP echo requests from inside n until one is answered (at most 5 tries, so a
+// broken overlay fails in a few seconds).
+func ping(t *testing.T, n ns.NetNS, dst string) {
+	t.Helper()
+	var out []byte
+	var err error
+	for range 5 {
+		inNS(t, n, func() error {
+			out, err = exec.Command("ping", "-n", "-c1", "-W1", dst).CombinedOutput()
+			return nil
+		})
+		if err == nil {
+			return
+		}
+	}
+	t.Fatalf("ping %s: %v\n%s", dst, err, out)
+}

@@ -1,0 +1,321 @@
+package dataplane
+
+import (
+	"bytes"
+	"cmp"
+	"maps"
+	"net/netip"
+	"slices"
+)
+
+// Plan computes the changes that turn o into d. It is pure and deterministic: the same
+// inputs give the same ops in the same order, whatever the order of d.Peers, of the blocks
+// or of o's slices.
+//
+// Ops come in apply order: links, addresses, route deletes, neighbour and FDB entries, route
+// adds and replaces, then the sysctl and the masquerade rule. So a route never points at a
+// peer whose neighbour or FDB entry is missing, and a route that goes away goes first.
+//
+// Adds and updates are always planned. Deletes of entries that are not desired (routes with
+// protocol RouteProtocol in the main table, permanent neighbours and weft's FDB entries on
+// the VXLAN device, IPv4 addresses on the bridge and the VXLAN device) are planned only when
+// d.Prune is true. Replacing a link of the wrong kind, or a VXLAN device whose fixed
+// parameters differ (VNI, port, local address, underlay, learning), is an update: it
+// happens whatever Prune says.
+func Plan(d Desired, o Observed) []Op {
+	p := planner{d: d, o: o, peers: sortedPeers(d.Peers)}
+
+	// A link that is (re)created has nothing on it: what was observed on the old one goes
+	// with it, and is planned from scratch.
+	brOps, brFresh := planLink(wantBridge(d), o.Bridge)
+	vxOps, vxFresh := planLink(wantVXLAN(d), o.VXLAN)
+	p.fresh = map[string]bool{d.Bridge.Name: brFresh, d.VXLAN.Name: vxFresh}
+
+	addrAdds, addrDels := p.addrs()
+	routeSets, routeDels := p.routes()
+	neighSets, neighDels := p.neighs()
+	fdbSets, fdbDels := p.fdb()
+	var tail []Op
+	if !o.IPForward {
+		tail = append(tail, SysctlSet{Key: ipForward, Value: "1"})
+	}
+	if !natConverged(o.NAT, d.ClusterCIDR) {
+		tail = append(tail, MasqueradeSet{ClusterCIDR: d.ClusterCIDR})
+	}
+	return slices.Concat(brOps, vxOps, addrAdds, addrDels, routeDels,
+		neighSets, fdbSets, neighDels, fdbDels, routeSets, tail)
+}
+
+type planner struct {
+	d     Desired
+	o     Observed
+	peers []*Peer         // sorted by name
+	fresh map[string]bool // links (re)created by this plan
+}
+
+// live reports whether an observed entry on dev survives the link ops.
+func (p *planner) live(dev string) bool { return !p.fresh[dev] }
+
+// addrs: the gateway on the bridge, the tunnel address on the VXLAN device.
+func (p *planner) addrs() (adds, dels []Op) {
+	want := []Addr{
+		{Dev: p.d.Bridge.Name, Prefix: netip.PrefixFrom(p.d.Bridge.Gateway, 32)},
+		{Dev: p.d.VXLAN.Name, Prefix: netip.PrefixFrom(p.d.VXLAN.TunnelIP, 32)},
+	}
+	have := map[Addr]bool{}
+	for _, a := range p.o.Addrs {
+		if (a.Dev == p.d.Bridge.Name || a.Dev == p.d.VXLAN.Name) && p.live(a.Dev) {
+			have[a] = true
+		}
+	}
+	for _, a := range want {
+		if !have[a] {
+			adds = append(adds, AddrAdd{Addr: a})
+		}
+	}
+	if p.d.Prune {
+		for _, a := range sortedAddrs(have) {
+			if !slices.Contains(want, a) {
+				dels = append(dels, AddrDel{Addr: a})
+			}
+		}
+	}
+	return adds, dels
+}
+
+// routes: a link route per local block, a route via the peer's tunnel address per remote
+// block. Keyed by destination; the first claim of a destination wins (local blocks, then
+// peers by name), though Reconcile leaves contested blocks out before it comes to that.
+func (p *planner) routes() (sets, dels []Op) {
+	var want []Route
+	claimed := map[netip.Prefix]bool{}
+	claim := func(r Route) {
+		if !claimed[r.Dst] {
+			claimed[r.Dst] = true
+			want = append(want, r)
+		}
+	}
+	for _, b := range sortedPrefixes(p.d.Bridge.Blocks) {
+		claim(Route{Dst: b, Dev: p.d.Bridge.Name, Scope: ScopeLink, Src: p.d.Bridge.Gateway})
+	}
+	for _, peer := range p.peers {
+		for _, b := range sortedPrefixes(peer.Blocks) {
+			claim(Route{Dst: b, Gw: peer.TunnelIP, Dev: p.d.VXLAN.Name, OnLink: true})
+		}
+	}
+	slices.SortFunc(want, func(a, b Route) int { return comparePrefix(a.Dst, b.Dst) })
+
+	have := make(map[netip.Prefix][]int, len(p.o.Routes))
+	for i, r := range p.o.Routes {
+		if p.live(r.Dev) {
+			have[r.Dst] = append(have[r.Dst], i)
+		}
+	}
+	kept := make([]bool, len(p.o.Routes))
+	for _, w := range want {
+		idx := have[w.Dst]
+		if i, ok := find(idx, func(i int) bool { return p.o.Routes[i] == w }); ok {
+			kept[i] = true
+		} else if i, ok := find(idx, func(i int) bool { return p.o.Routes[i].Metric == 0 }); ok {
+			kept[i] = true // the replace rewrites this very entry
+			sets = append(sets, RouteReplace{Route: w})
+		} else {
+			sets = append(sets, RouteAdd{Route: w})
+		}
+	}
+	if p.d.Prune {
+		var stale []Route
+		for i, r := range p.o.Routes {
+			if !kept[i] && p.live(r.Dev) {
+				stale = append(stale, r)
+			}
+		}
+		slices.SortFunc(stale, compareRoute)
+		for _, r := range stale {
+			dels = append(dels, RouteDel{Route: r})
+		}
+	}
+	return sets, dels
+}
+
+// neighs: each peer's tunnel address resolves statically to its VTEP MAC. Only permanent
+// entries are weft's to delete; the kernel's own (ARP attempts) age out by themselves.
+func (p *planner) neighs() (sets, dels []Op) {
+	vx := p.d.VXLAN.Name
+	have := map[netip.Addr]Neigh{}
+	for _, n := range p.o.Neighs {
+		if n.Dev == vx && p.live(vx) {
+			have[n.IP] = n
+		}
+	}
+	want := map[netip.Addr]bool{}
+	for _, peer := range sortedBy(p.peers, func(p *Peer) netip.Addr { return p.TunnelIP }, netip.Addr.Compare) {
+		if want[peer.TunnelIP] {
+			continue
+		}
+		want[peer.TunnelIP] = true
+		h, ok := have[peer.TunnelIP]
+		if ok && h.Permanent && bytes.Equal(h.MAC, peer.MAC) {
+			continue
+		}
+		sets = append(sets, NeighSet{Neigh: Neigh{Dev: vx, IP: peer.TunnelIP, MAC: peer.MAC, Permanent: true}, Replace: ok})
+	}
+	if p.d.Prune {
+		for _, ip := range slices.SortedFunc(maps.Keys(have), netip.Addr.Compare) {
+			if h := have[ip]; h.Permanent && !want[ip] {
+				dels = append(dels, NeighDel{Neigh: h})
+			}
+		}
+	}
+	return sets, dels
+}
+
+// fdb: each peer's VTEP MAC goes to its underlay address. Entries without a remote, and
+// flood entries, are the kernel's or someone else's (see FDB.ours).
+func (p *planner) fdb() (sets, dels []Op) {
+	vx := p.d.VXLAN.Name
+	var fdb []FDB
+	byMAC := map[string][]int{} // entries with a remote, by MAC, in kernel order
+	for _, f := range p.o.FDB {
+		if f.Dev == vx && p.live(vx) {
+			if f.Dst.IsValid() {
+				byMAC[string(f.MAC)] = append(byMAC[string(f.MAC)], len(fdb))
+			}
+			fdb = append(fdb, f)
+		}
+	}
+	kept := make([]bool, len(fdb))
+	want := map[string]bool{}
+	for _, peer := range sortedBy(p.peers, func(p *Peer) []byte { return p.MAC }, bytes.Compare) {
+		if want[string(peer.MAC)] {
+			continue
+		}
+		want[string(peer.MAC)] = true
+		w := FDB{Dev: vx, MAC: peer.MAC, Dst: peer.UnderlayIP, Permanent: true}
+		cands := byMAC[string(w.MAC)]
+		if i, ok := find(cands, func(i int) bool { return fdb[i].Dst == w.Dst && fdb[i].Permanent }); ok {
+			kept[i] = true
+			continue
+		}
+		if len(cands) > 0 {
+			kept[cands[0]] = true // a replace rewrites the entry's first remote
+		}
+		sets = append(sets, FDBSet{FDB: w, Replace: len(cands) > 0})
+	}
+	if p.d.Prune {
+		var stale []FDB
+		for i, f := range fdb {
+			if !kept[i] && f.ours() {
+				stale = append(stale, f)
+			}
+		}
+		slices.SortFunc(stale, func(a, b FDB) int {
+			return cmp.Or(bytes.Compare(a.MAC, b.MAC), a.Dst.Compare(b.Dst))
+		})
+		for _, f := range stale {
+			dels = append(dels, FDBDel{FDB: f})
+		}
+	}
+	return sets, dels
+}
+
+func wantBridge(d Desired) Link {
+	return Link{Name: d.Bridge.Name, Kind: "bridge", MTU: d.MTU, MAC: d.Bridge.MAC, Up: true}
+}
+
+func wantVXLAN(d Desired) Link {
+	return Link{
+		Name: d.VXLAN.Name, Kind: "vxlan", MTU: d.MTU, MAC: d.VXLAN.MAC, Up: true,
+		VNI: d.VXLAN.VNI, Port: d.VXLAN.Port, Local: d.VXLAN.UnderlayIP, Underlay: d.VXLAN.Underlay,
+		Learning: false,
+	}
+}
+
+// sameIdentity reports whether have can become want in place: the same kind and, for a
+// VXLAN device, the same parameters the kernel cannot change on a live device.
+func sameIdentity(want, have Link) bool {
+	if want.Kind != have.Kind {
+		return false
+	}
+	if want.Kind != "vxlan" {
+		return true
+	}
+	return want.VNI == have.VNI && want.Port == have.Port && want.Local == have.Local &&
+		want.Underlay == have.Underlay && want.Learning == have.Learning
+}
+
+// planLink returns the ops for one link, and whether the link is (re)created, so that
+// nothing observed on it survives.
+func planLink(want Link, have *Link) (ops []Op, fresh bool) {
+	if have != nil && sameIdentity(want, *have) {
+		if have.MTU != want.MTU {
+			ops = append(ops, LinkSetMTU{Name: want.Name, MTU: want.MTU})
+		}
+		if len(want.MAC) > 0 && !bytes.Equal(have.MAC, want.MAC) {
+			ops = append(ops, LinkSetMAC{Name: want.Name, MAC: want.MAC})
+		}
+		if !have.Up {
+			ops = append(ops, LinkSetUp{Name: want.Name})
+		}
+		return ops, false
+	}
+	if have != nil {
+		ops = append(ops, LinkDel{Name: want.Name})
+	}
+	return append(ops, LinkAdd{Link: want}, LinkSetUp{Name: want.Name}), true
+}
+
+// natConverged reports whether the chain is exactly weft's: base chain of the right type,
+// hook, priority and policy, holding exactly one rule, the masquerade rule for cidr.
+func natConverged(n NAT, cidr netip.Prefix) bool {
+	c := n.Chain
+	return n.Table && c != nil && c.Type == natChainType && c.Hook == natChainHook &&
+		c.Priority == natChainPriority && c.Policy == natChainPolicy &&
+		len(c.Rules) == 1 && c.Rules[0] == cidr
+}
+
+func find(idx []int, ok func(int) bool) (int, bool) {
+	for _, i := range idx {
+		if ok(i) {
+			return i, true
+		}
+	}
+	return 0, false
+}
+
+func comparePrefix(a, b netip.Prefix) int {
+	return cmp.Or(a.Addr().Compare(b.Addr()), cmp.Compare(a.Bits(), b.Bits()))
+}
+
+func compareRoute(a, b Route) int {
+	return cmp.Or(comparePrefix(a.Dst, b.Dst), cmp.Compare(a.Metric, b.Metric),
+		cmp.Compare(a.Dev, b.Dev), a.Gw.Compare(b.Gw), a.Src.Compare(b.Src))
+}
+
+func sortedPrefixes(ps []netip.Prefix) []netip.Prefix {
+	return slices.SortedFunc(slices.Values(ps), comparePrefix)
+}
+
+func sortedAddrs(m map[Addr]bool) []Addr {
+	return slices.SortedFunc(maps.Keys(m), func(a, b Addr) int {
+		return cmp.Or(cmp.Compare(a.Dev, b.Dev), comparePrefix(a.Prefix, b.Prefix))
+	})
+}
+
+// sortedPeers orders peers by name (then tunnel address), so that which of two conflicting
+// peers wins does not depend on input order. It sorts pointers: peers are large.
+func sortedPeers(ps []Peer) []*Peer {
+	out := make([]*Peer, len(ps))
+	for i := range ps {
+		out[i] = &ps[i]
+	}
+	slices.SortStableFunc(out, func(a, b *Peer) int {
+		return cmp.Or(cmp.Compare(a.Name, b.Name), a.TunnelIP.Compare(b.TunnelIP))
+	})
+	return out
+}
+
+// sortedBy returns s stably sorted by key.
+func sortedBy[T, K any](s []T, key func(T) K, compare func(a, b K) int) []T {
+	return slices.SortedStableFunc(slices.Values(s), func(a, b T) int { return compare(key(a), key(b)) })
+}

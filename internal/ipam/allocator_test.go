@@ -1,0 +1,281 @@
+package ipam
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"path/filepath"
+	"sync"
+	"testing"
+)
+
+func newAlloc(t *testing.T, store ClaimStore, dir, node, cidr string, bits int) *Allocator {
+	t.Helper()
+	a, err := New(context.Background(), Config{
+		ClusterCIDR: netip.MustParsePrefix(cidr), BlockBits: bits, Node: node,
+		StatePath: filepath.Join(dir, node+".json"), Store: store,
+	})
+	if err != nil {
+		t.Fatalf("New(%s): %v", node, err)
+	}
+	return a
+}
+
+func key(i int) Key { return Key{ContainerID: fmt.Sprintf("c%d", i), IfName: "eth0"} }
+
+func TestAllocateBasics(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	store := FileStore{Dir: filepath.Join(dir, "claims")}
+	a := newAlloc(t, store, dir, "n1", "10.32.0.0/24", 26)
+
+	home := a.Home()
+	if home.Bits() != 26 || !netip.MustParsePrefix("10.32.0.0/24").Contains(home.Addr()) {
+		t.Fatalf("home block %s not a /26 of the CIDR", home)
+	}
+	if a.Tunnel() != home.Addr() || a.Gateway() != home.Addr().Next() {
+		t.Fatalf("tunnel %s gateway %s for home %s", a.Tunnel(), a.Gateway(), home)
+	}
+	l1, err := a.Allocate(ctx, key(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := netip.PrefixFrom(home.Addr().Next().Next(), 26); l1.Address != want {
+		t.Fatalf("first lease %s, want %s (after network and gateway)", l1.Address, want)
+	}
+	again, _ := a.Allocate(ctx, key(1))
+	if again != l1 {
+		t.Fatalf("second Allocate for the same key gave %v, want %v", again, l1)
+	}
+	if ok, err := a.Release(ctx, Key{ContainerID: "unknown", IfName: "eth0"}); ok || err != nil {
+		t.Fatalf("Release(unknown) = %v, %v; want false, nil", ok, err)
+	}
+	// Round robin: a freed address is not handed out again at once.
+	if _, err := a.Release(ctx, key(1)); err != nil {
+		t.Fatal(err)
+	}
+	l2, _ := a.Allocate(ctx, key(2))
+	if l2.Address == l1.Address {
+		t.Fatalf("freed address %s reused immediately", l1.Address)
+	}
+}
+
+func TestBlocksGrowAndShrink(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	store := FileStore{Dir: filepath.Join(dir, "claims")}
+	changes := 0
+	a, err := New(ctx, Config{
+		ClusterCIDR: netip.MustParsePrefix("10.32.0.0/24"), BlockBits: 27, Node: "n1",
+		StatePath: filepath.Join(dir, "n1.json"), Store: store,
+		OnBlocksChanged: func() { changes++ },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A /27 holds 30 usable addresses, 29 in the home block (gateway).
+	seen := map[netip.Addr]bool{}
+	for i := range 29 + 30 + 1 {
+		l, err := a.Allocate(ctx, key(i))
+		if err != nil {
+			t.Fatalf("allocation %d: %v", i, err)
+		}
+		ip := l.Address.Addr()
+		if seen[ip] || ip == a.Gateway() || ip == a.Tunnel() {
+			t.Fatalf("allocation %d: %s duplicate or reserved", i, ip)
+		}
+		seen[ip] = true
+	}
+	if got := len(a.Blocks()); got != 3 {
+		t.Fatalf("blocks after 60 leases: %d, want 3", got)
+	}
+	if changes != 2 {
+		t.Fatalf("OnBlocksChanged called %d times, want 2", changes)
+	}
+	claims, _ := store.List(ctx)
+	if len(claims) != 3 {
+		t.Fatalf("store has %d claims, want 3: %v", len(claims), claims)
+	}
+	// Free everything: non-home blocks go back, the home block stays.
+	freed, err := a.GC(ctx, nil)
+	if err != nil || len(freed) != 60 {
+		t.Fatalf("GC freed %d (%v), want 60", len(freed), err)
+	}
+	if got := a.Blocks(); len(got) != 1 || got[0] != a.Home() {
+		t.Fatalf("blocks after freeing all: %v", got)
+	}
+	claims, _ = store.List(ctx)
+	if len(claims) != 1 {
+		t.Fatalf("store has %d claims after shrink, want 1", len(claims))
+	}
+}
+
+func TestExhausted(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	store := FileStore{Dir: filepath.Join(dir, "claims")}
+	a := newAlloc(t, store, dir, "n1", "10.32.0.0/28", 29) // two /29 blocks: 5 + 6 addresses
+	for i := range 11 {
+		if _, err := a.Allocate(ctx, key(i)); err != nil {
+			t.Fatalf("allocation %d: %v", i, err)
+		}
+	}
+	_, err := a.Allocate(ctx, key(99))
+	if !errors.Is(err, ErrExhausted) {
+		t.Fatalf("allocation past capacity: %v, want ErrExhausted", err)
+	}
+}
+
+func TestRestartKeepsLeases(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	store := FileStore{Dir: filepath.Join(dir, "claims")}
+	a := newAlloc(t, store, dir, "n1", "10.32.0.0/16", 26)
+	var leases []Lease
+	for i := range 70 { // spills into a second block
+		l, err := a.Allocate(ctx, key(i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		leases = append(leases, l)
+	}
+	b := newAlloc(t, store, dir, "n1", "10.32.0.0/16", 26)
+	if fmt.Sprint(b.Blocks()) != fmt.Sprint(a.Blocks()) {
+		t.Fatalf("blocks after restart %v, want %v", b.Blocks(), a.Blocks())
+	}
+	for _, l := range leases {
+		got, ok := b.Get(l.Key)
+		if !ok || got != l {
+			t.Fatalf("lease of %v after restart: %v %v, want %v", l.Key, got, ok, l)
+		}
+	}
+	n, err := b.Allocate(ctx, key(1000))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range leases {
+		if l.Address == n.Address {
+			t.Fatalf("after restart handed out %s, which %v holds", n.Address, l.Key)
+		}
+	}
+}
+
+func TestStateMismatch(t *testing.T) {
+	dir := t.TempDir()
+	store := FileStore{Dir: filepath.Join(dir, "claims")}
+	newAlloc(t, store, dir, "n1", "10.32.0.0/16", 26)
+	_, err := New(context.Background(), Config{
+		ClusterCIDR: netip.MustParsePrefix("10.40.0.0/16"), BlockBits: 26, Node: "n1",
+		StatePath: filepath.Join(dir, "n1.json"), Store: store,
+	})
+	if err == nil {
+		t.Fatal("New with another cluster CIDR over existing state succeeded")
+	}
+}
+
+func TestConfigValidation(t *testing.T) {
+	store := FileStore{Dir: t.TempDir()}
+	for _, tc := range []struct {
+		name, cidr string
+		bits       int
+		node       string
+	}{
+		{"host bits", "10.32.0.1/12", 26, "n"},
+		{"block wider than cidr", "10.32.0.0/16", 12, "n"},
+		{"block too small", "10.32.0.0/16", 31, "n"},
+		{"ipv6", "fd00::/64", 120, "n"},
+		{"no node", "10.32.0.0/16", 26, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p, _ := netip.ParsePrefix(tc.cidr)
+			_, err := New(context.Background(), Config{ClusterCIDR: p, BlockBits: tc.bits, Node: tc.node, StatePath: filepath.Join(t.TempDir(), "s"), Store: store})
+			if err == nil {
+				t.Fatal("accepted")
+			}
+		})
+	}
+}
+
+// Many nodes sharing one store, allocating concurrently, never share a block or an address.
+func TestConcurrentNodesNeverShare(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	store := FileStore{Dir: filepath.Join(dir, "claims")}
+	const nodes, per = 8, 150
+	allocs := make([]*Allocator, nodes)
+	var wg sync.WaitGroup
+	errs := make(chan error, nodes)
+	for i := range nodes {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			a, err := New(ctx, Config{
+				ClusterCIDR: netip.MustParsePrefix("10.32.0.0/20"), BlockBits: 26,
+				Node: fmt.Sprintf("n%d", i), StatePath: filepath.Join(dir, fmt.Sprintf("n%d.json", i)), Store: store,
+			})
+			if err != nil {
+				errs <- err
+				return
+			}
+			allocs[i] = a
+			for j := range per {
+				if _, err := a.Allocate(ctx, key(j)); err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	owner := map[netip.Prefix]int{}
+	holder := map[netip.Addr]int{}
+	for i, a := range allocs {
+		for _, b := range a.Blocks() {
+			if o, dup := owner[b]; dup {
+				t.Fatalf("block %s owned by n%d and n%d", b, o, i)
+			}
+			owner[b] = i
+		}
+		for _, l := range a.Leases() {
+			if o, dup := holder[l.Address.Addr()]; dup {
+				t.Fatalf("address %s held on n%d and n%d", l.Address, o, i)
+			}
+			holder[l.Address.Addr()] = i
+		}
+	}
+	if len(holder) != nodes*per {
+		t.Fatalf("%d addresses, want %d", len(holder), nodes*per)
+	}
+}
+
+func BenchmarkAllocateRelease(b *testing.B) {
+	ctx := context.Background()
+	dir := b.TempDir()
+	a, err := New(ctx, Config{
+		ClusterCIDR: netip.MustParsePrefix("10.32.0.0/12"), BlockBits: 26, Node: "n1",
+		StatePath: filepath.Join(dir, "n1.json"), Store: FileStore{Dir: filepath.Join(dir, "claims")},
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	for i := range 100 { // a node with 100 pods
+		if _, err := a.Allocate(ctx, key(i)); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ResetTimer()
+	for i := range b.N {
+		k := key(1000 + i)
+		if _, err := a.Allocate(ctx, k); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := a.Release(ctx, k); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -1,0 +1,22 @@
+// Package ipam hands out pod addresses.
+//
+// # How addresses are owned
+//
+// The cluster CIDR (default 10.32.0.0/12) is cut into fixed-size blocks (default /26). A
+// block belongs to at most one node, and ownership goes through a ClaimStore whose Claim
+// is atomic: when two nodes race for a block, exactly one wins and the other moves on to
+// the next block. The first block a node owns is its home block; its network address is
+// the node's tunnel address and its first usable address the pod gateway, and the node
+// never gives it back. Inside its own blocks a node allocates with no coordination at all,
+// because nobody else writes there; it claims a new block when all of its blocks are full
+// and gives back any non-home block that becomes empty.
+//
+// Leases (container ID + interface -> address) and owned blocks are kept in one JSON file
+// on the node, replaced atomically (write, fsync, rename) on every change, so a restarted
+// agent knows every address a live pod holds and never hands it out again. Asking twice for
+// the same attachment returns the same address; freeing an unknown attachment is not an
+// error. Addresses are handed out round-robin, so a freed address is not reused at once.
+//
+// Each pod gets its address with the block's prefix length; the network and broadcast
+// addresses of a block are never handed out.
+package ipam
