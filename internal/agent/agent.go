@@ -67,7 +67,7 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return fmt.Errorf("starting IPAM: %w", err)
 	}
-	a.recon = dataplane.NewReconciler(dataplane.NewKernel())
+	a.recon = dataplane.NewReconciler(cfg.Kernel)
 
 	a.cluster, err = cluster.Start(cluster.Config{
 		Self: a.selfRecord(), BindAddr: cfg.UnderlayIP, Port: cfg.GossipPort, Key: cfg.GossipKey,

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"time"
 
+	"github.com/weftnet/weft/internal/dataplane"
 	"github.com/weftnet/weft/internal/ipam"
 )
 
@@ -30,6 +31,9 @@ type Config struct {
 	SyncGrace time.Duration
 	Logger    *slog.Logger
 	Verbose   bool
+	// Kernel is where the dataplane is reconciled; nil means this network namespace's
+	// kernel (tests pass dataplane.FakeKernel).
+	Kernel dataplane.Kernel
 }
 
 func (c *Config) validate() error {
@@ -55,6 +59,9 @@ func (c *Config) validate() error {
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
+	}
+	if c.Kernel == nil {
+		c.Kernel = dataplane.NewKernel()
 	}
 	if c.Discovery == nil {
 		c.Discovery = StaticPeers(nil)

@@ -1,0 +1,188 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net/netip"
+	"path/filepath"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/weftnet/weft/internal/api"
+	"github.com/weftnet/weft/internal/dataplane"
+	"github.com/weftnet/weft/internal/ipam"
+)
+
+// These tests run a real agent in-process against a fake kernel, with gossip on loopback:
+// no root needed. The lab tests run real agents against real kernels.
+
+const testPort = 16791
+
+type running struct {
+	client *api.Client
+	stop   func() error
+}
+
+func startAgent(t *testing.T, dir string, k dataplane.Kernel, peers ...string) running {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	cfg := Config{
+		NodeName: "node1", UnderlayIP: netip.MustParseAddr("127.0.0.1"), GossipPort: testPort,
+		Socket: filepath.Join(dir, "weft.sock"), StatePath: filepath.Join(dir, "ipam.json"),
+		Claims:      ipam.FileStore{Dir: filepath.Join(dir, "claims")},
+		ClusterCIDR: netip.MustParsePrefix("10.32.0.0/16"), BlockBits: 26,
+		Resync: 100 * time.Millisecond, SyncGrace: 1500 * time.Millisecond,
+		Discovery: StaticPeers(peers), Kernel: k,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+	}
+	done := make(chan error, 1)
+	go func() { done <- Run(ctx, cfg) }()
+	stopped := false
+	stop := func() error {
+		if stopped {
+			return nil
+		}
+		stopped = true
+		cancel()
+		select {
+		case err := <-done:
+			return err
+		case <-time.After(10 * time.Second):
+			return errors.New("agent did not stop within 10s")
+		}
+	}
+	t.Cleanup(func() { _ = stop() })
+	c := api.NewClient(cfg.Socket, time.Second)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		st, err := c.Status(context.Background())
+		if err == nil && st.Ready {
+			break
+		}
+		select {
+		case err := <-done:
+			t.Fatalf("agent exited: %v", err)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("agent not ready after 10s: %v %+v", err, st)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return running{client: c, stop: stop}
+}
+
+func att(id string) api.Attachment { return api.Attachment{ContainerID: id, IfName: "eth0"} }
+
+func TestLocalAPI(t *testing.T) {
+	ctx := context.Background()
+	k := &dataplane.FakeKernel{}
+	a := startAgent(t, t.TempDir(), k)
+
+	l1, err := a.client.Add(ctx, api.AddRequest{Attachment: att("c1"), PodName: "p1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, _ := a.client.Status(ctx)
+	home := st.Blocks[0].Block
+	if !home.Contains(l1.Address.Addr()) || l1.Address.Bits() != 26 {
+		t.Fatalf("lease %s not in home block %s with its prefix", l1.Address, home)
+	}
+	if l1.Gateway != home.Addr().Next() || l1.Bridge != "weft" || l1.MTU != 65536-50 ||
+		l1.ClusterCIDR != netip.MustParsePrefix("10.32.0.0/16") {
+		t.Fatalf("lease %+v: wrong gateway, bridge, MTU or cluster CIDR", l1)
+	}
+	l1again, _ := a.client.Add(ctx, api.AddRequest{Attachment: att("c1")})
+	if l1again.Address != l1.Address {
+		t.Fatalf("ADD twice gave %s then %s", l1.Address, l1again.Address)
+	}
+	if got, err := a.client.Check(ctx, att("c1")); err != nil || got.Address != l1.Address {
+		t.Fatalf("Check = %v, %v", got, err)
+	}
+	if _, err := a.client.Check(ctx, att("nope")); !errors.Is(err, api.ErrNotFound) {
+		t.Fatalf("Check(unknown) err = %v, want ErrNotFound", err)
+	}
+	if err := a.client.Del(ctx, att("nope")); err != nil {
+		t.Fatalf("Del(unknown) = %v, want nil", err)
+	}
+	a.client.Add(ctx, api.AddRequest{Attachment: att("c2")})
+	a.client.Add(ctx, api.AddRequest{Attachment: att("c3")})
+	gc, err := a.client.GC(ctx, api.GCRequest{Valid: []api.Attachment{att("c2")}})
+	if err != nil || len(gc.Released) != 2 {
+		t.Fatalf("GC = %+v, %v; want c1 and c3 released", gc, err)
+	}
+	st, _ = a.client.Status(ctx)
+	if st.Blocks[0].Used != 1 || st.Node != "node1" || !st.Ready {
+		t.Fatalf("status after GC: %+v", st)
+	}
+
+	// The dataplane got the node's bridge, VXLAN device and block route.
+	o, _ := k.Observe(dataplane.BridgeName, dataplane.VXLANName)
+	if o.Bridge == nil || o.VXLAN == nil || !o.IPForward {
+		t.Fatalf("fake kernel lacks bridge/vxlan/forwarding: %+v", o)
+	}
+	if !slices.ContainsFunc(o.Routes, func(r dataplane.Route) bool { return r.Dst == home && r.Dev == "weft" }) {
+		t.Fatalf("no route for the home block %s on the bridge: %+v", home, o.Routes)
+	}
+}
+
+// A restarted agent hands out the same address to the same pod and keeps every address it
+// handed out before.
+func TestRestartKeepsLeases(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	k := &dataplane.FakeKernel{}
+	a := startAgent(t, dir, k)
+	l1, err := a.client.Add(ctx, api.AddRequest{Attachment: att("c1")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.stop(); err != nil {
+		t.Fatal(err)
+	}
+	applied := len(k.Applied)
+
+	b := startAgent(t, dir, k)
+	again, err := b.client.Add(ctx, api.AddRequest{Attachment: att("c1")})
+	if err != nil || again.Address != l1.Address {
+		t.Fatalf("after restart ADD(c1) = %v, %v; want %s", again.Address, err, l1.Address)
+	}
+	l2, _ := b.client.Add(ctx, api.AddRequest{Attachment: att("c2")})
+	if l2.Address == l1.Address {
+		t.Fatalf("after restart handed out %s twice", l1.Address)
+	}
+	if len(k.Applied) != applied {
+		t.Fatalf("restart changed the converged kernel: %v", k.Applied[applied:])
+	}
+}
+
+// Until the agent has heard the cluster, it must not delete kernel entries of nodes it does
+// not know: they are what keeps traffic flowing across its restart.
+func TestNoDeletesBeforeSync(t *testing.T) {
+	peerBlock := netip.MustParsePrefix("10.32.200.0/26")
+	k := &dataplane.FakeKernel{}
+	k.State.Routes = []dataplane.Route{{
+		Dst: peerBlock, Gw: peerBlock.Addr(), Dev: dataplane.VXLANName, OnLink: true,
+	}}
+	// A peer is configured but nobody answers there.
+	a := startAgent(t, t.TempDir(), k, "127.0.0.2:16799")
+	hasRoute := func() bool {
+		o, _ := k.Observe(dataplane.BridgeName, dataplane.VXLANName)
+		return slices.ContainsFunc(o.Routes, func(r dataplane.Route) bool { return r.Dst == peerBlock })
+	}
+	time.Sleep(700 * time.Millisecond) // several resyncs, still inside the grace period
+	if !hasRoute() {
+		t.Fatal("the agent deleted an unknown node's route before it heard the cluster")
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for hasRoute() {
+		if time.Now().After(deadline) {
+			t.Fatal("the stale route outlived the grace period")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	_ = a
+}
