@@ -96,14 +96,9 @@ func (l *Lab) startAgent(node string) error {
 	if err := startInNS(n.Namespace, cmd); err != nil {
 		return fmt.Errorf("starting the agent of %s (%s): %w", n.Name, bin, err)
 	}
-	reaped := make(chan struct{})
-	l.procs.Store(n.Name, reaped)
-	go func() {
-		// Reap the child if this process lives long enough (tests, `weft lab up` in the
-		// foreground); otherwise init inherits it.
-		_ = cmd.Wait()
-		close(reaped)
-	}()
+	// Reap the child if this process lives long enough (tests, a long-lived caller);
+	// otherwise init inherits it when the CLI exits.
+	go func() { _ = cmd.Wait() }()
 	l.mu.Lock()
 	for i := range l.st.Nodes {
 		if l.st.Nodes[i].Name == n.Name {
@@ -308,7 +303,7 @@ func (l *Lab) StartAgent(ctx context.Context, node string) error {
 			return err
 		}
 		if err := l.waitSettled(ctx); err != nil {
-			l.logf("warning: %v; `weft lab status` shows each agent's view", err)
+			l.logf("warning: %v; %s shows each agent's view", err, l.cli("status"))
 		}
 		return nil
 	})

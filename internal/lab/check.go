@@ -169,7 +169,7 @@ func (l *Lab) Check(ctx context.Context) (Matrix, error) {
 	nodes := l.Nodes()
 	pods := l.Pods()
 	if len(nodes) == 0 {
-		return Matrix{}, fmt.Errorf("lab %s has no nodes: is it up? (`weft lab up`)", l.Name())
+		return Matrix{}, fmt.Errorf("lab %s has no nodes: is it up? (%s)", l.Name(), l.cli("up"))
 	}
 	var sources, targets []Endpoint
 	for _, p := range pods {
@@ -181,7 +181,7 @@ func (l *Lab) Check(ctx context.Context) (Matrix, error) {
 		targets = append(targets, e)
 	}
 	if len(targets) == 0 {
-		return Matrix{}, fmt.Errorf("lab %s has no pods to check; add some with `weft lab pod add`", l.Name())
+		return Matrix{}, fmt.Errorf("lab %s has no pods to check; add some with %s", l.Name(), l.cli("pod add NODE NAME"))
 	}
 	for _, n := range nodes {
 		sources = append(sources, Endpoint{Name: n.Name, Group: n.Name, NS: n.Namespace})

@@ -23,4 +23,10 @@
 //
 // Check probes reachability with ICMP echo from every pod and every node to every pod
 // and returns a Matrix.
+//
+// One thing a lab cannot keep to its namespaces: the kernel's IPv4 neighbour table is
+// shared by all namespaces, with its limits set in the root namespace. A large lab (about
+// nodes x pods-per-node^2 entries) would overflow the default limit of 1024, so Up raises
+// net.ipv4.neigh.default.gc_thresh2/3 by what the lab needs when it needs more than half
+// of it, and Down restores them.
 package lab

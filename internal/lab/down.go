@@ -140,7 +140,8 @@ func (l *Lab) down(ctx context.Context) error {
 		}
 	}
 
-	// 5. Files.
+	// 5. Host neighbour table limits, then files.
+	l.restoreNeighLimits(st)
 	errs = append(errs, removeFiles(st)...)
 
 	l.mu.Lock()
@@ -152,7 +153,7 @@ func (l *Lab) down(ctx context.Context) error {
 		l.logf("lab %s: no namespaces left to remove", st.Name)
 	}
 	if err := errors.Join(errs...); err != nil {
-		return fmt.Errorf("removing lab %s (run `weft lab down --name %s` again; `ip netns list` shows what is left): %w", st.Name, st.Name, err)
+		return fmt.Errorf("removing lab %s (run %s again; `ip netns list` shows what is left): %w", st.Name, cli("down", st.Name, st.Dir), err)
 	}
 	return nil
 }

@@ -17,6 +17,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/containernetworking/cni/pkg/invoke"
 	"github.com/containernetworking/plugins/pkg/ns"
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/sys/unix"
@@ -112,6 +113,10 @@ type state struct {
 	Pods       []Pod     `json:"pods"`
 	NoAgents   bool      `json:"noAgents,omitempty"`
 	GossipFile string    `json:"gossipKeyFile"`
+	// NeighOrig and NeighSet are the host's neighbour table limits before and after
+	// the lab raised them (nil if it did not); see neigh.go.
+	NeighOrig *neighLimits `json:"neighOrig,omitempty"`
+	NeighSet  *neighLimits `json:"neighSet,omitempty"`
 }
 
 // Lab is a lab that is up (or half up). Its methods are safe for concurrent use.
@@ -122,8 +127,6 @@ type Lab struct {
 	saveMu sync.Mutex
 	out    io.Writer
 	hook   func(string) error
-	// procs holds agents this process started, so it can reap them.
-	procs sync.Map // node name -> chan struct{} closed when reaped
 }
 
 func (o Options) withDefaults() (Options, error) {
@@ -175,6 +178,9 @@ func Up(ctx context.Context, o Options) (*Lab, error) {
 	if o.PodsPerNode < 0 {
 		return nil, fmt.Errorf("invalid pods per node %d: choose 0 or more", o.PodsPerNode)
 	}
+	if os.Geteuid() != 0 {
+		return nil, errors.New("weft lab needs root: it creates network namespaces, links and processes (run it with sudo)")
+	}
 	if !o.noAgents {
 		if o.WeftBin == "" {
 			if o.WeftBin, err = os.Executable(); err != nil {
@@ -193,19 +199,23 @@ func Up(ctx context.Context, o Options) (*Lab, error) {
 		if o.CNIBinDir, err = filepath.Abs(o.CNIBinDir); err != nil {
 			return nil, fmt.Errorf("resolving the CNI plugin directory %s: %w", o.CNIBinDir, err)
 		}
+		if _, err := invoke.FindInPath("weft-cni", []string{o.CNIBinDir, systemCNIDir}); err != nil {
+			return nil, fmt.Errorf("the weft-cni plugin is in neither %s nor %s: put it next to the weft binary (go build -o %s ./cmd/weft-cni) or set the CNI plugin directory: %w",
+				o.CNIBinDir, systemCNIDir, filepath.Join(o.CNIBinDir, "weft-cni"), err)
+		}
 	}
 	if sock := filepath.Join(o.Dir, "node"+strconv.Itoa(o.Nodes), "weft.sock"); len(sock) > sockMax {
 		return nil, fmt.Errorf("lab dir %s is too long: agent socket %s exceeds the %d bytes a unix socket path may have; choose a shorter dir", o.Dir, sock, sockMax)
 	}
 	if _, err := os.Stat(filepath.Join(o.Dir, stateFile)); err == nil {
-		return nil, fmt.Errorf("lab %q is already up (%s exists): use it, or run `weft lab down --name %s` first", o.Name, filepath.Join(o.Dir, stateFile), o.Name)
+		return nil, fmt.Errorf("lab %q is already up (%s exists): use it, or run %s first", o.Name, filepath.Join(o.Dir, stateFile), cli("down", o.Name, o.Dir))
 	}
 	left, err := labNamespaces(o.Name)
 	if err != nil {
 		return nil, err
 	}
 	if len(left) > 0 {
-		return nil, fmt.Errorf("namespaces of a lab %q exist already (%v): run `weft lab down --name %s`, or choose another name", o.Name, left, o.Name)
+		return nil, fmt.Errorf("namespaces of a lab %q exist already (%v): run %s, or choose another name", o.Name, left, cli("down", o.Name, o.Dir))
 	}
 	if err := os.MkdirAll(o.Dir, 0o700); err != nil {
 		return nil, fmt.Errorf("creating lab dir: %w", err)
@@ -239,12 +249,32 @@ func Up(ctx context.Context, o Options) (*Lab, error) {
 		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
 		defer cancel()
 		if derr := l.down(dctx); derr != nil {
-			return nil, errors.Join(err, fmt.Errorf("rolling back the half-built lab also failed (run `weft lab down --name %s`): %w", o.Name, derr))
+			return nil, errors.Join(err, fmt.Errorf("rolling back the half-built lab also failed (run %s): %w", cli("down", o.Name, o.Dir), derr))
 		}
 		return nil, err
 	}
 	l.logf("lab %s is up: %d nodes, %d pods in %s", o.Name, len(l.st.Nodes), len(l.st.Pods), time.Since(start).Round(time.Millisecond))
 	return l, nil
+}
+
+// cli is the `weft lab <sub>` command line for lab name with state in dir, with --name
+// and --dir only where they differ from the defaults, for hints in messages.
+func cli(sub, name, dir string) string {
+	c := "weft lab " + sub
+	if name != DefaultName {
+		c += " --name " + name
+	}
+	if dir != "" && dir != filepath.Join("/run", name) {
+		c += " --dir " + dir
+	}
+	return "`" + c + "`"
+}
+
+// cli is the command line of sub for this lab.
+func (l *Lab) cli(sub string) string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return cli(sub, l.st.Name, l.st.Dir)
 }
 
 func (l *Lab) step(s string) error {
@@ -351,12 +381,20 @@ func (l *Lab) build(ctx context.Context) error {
 	}
 
 	if st.PodsWant > 0 {
+		pods := make([]int, st.NodesWant)
+		for i := range pods {
+			pods[i] = st.PodsWant
+		}
+		l.ensureNeighCapacity(pods)
+		if err := l.save(); err != nil {
+			return err
+		}
 		if err := l.addPods(ctx); err != nil {
 			return err
 		}
 	}
 	if err := l.waitSettled(ctx); err != nil {
-		l.logf("warning: %v; `weft lab status` shows each agent's view", err)
+		l.logf("warning: %v; %s shows each agent's view", err, l.cli("status"))
 	}
 	return nil
 }
@@ -537,11 +575,11 @@ func (l *Lab) reload() error {
 	p := filepath.Join(l.st.Dir, stateFile)
 	b, err := os.ReadFile(p)
 	if err != nil {
-		return fmt.Errorf("%w: %v (is lab %s up? start it with `weft lab up --name %s`)", ErrNoState, err, l.st.Name, l.st.Name)
+		return fmt.Errorf("%w: %v (is lab %s up? start it with %s)", ErrNoState, err, l.st.Name, cli("up", l.st.Name, l.st.Dir))
 	}
 	var st state
 	if err := json.Unmarshal(b, &st); err != nil {
-		return fmt.Errorf("%w: %s is corrupt: %v (run `weft lab down --name %s` to remove the lab by name)", ErrNoState, p, err, l.st.Name)
+		return fmt.Errorf("%w: %s is corrupt: %v (run %s to remove the lab by name)", ErrNoState, p, err, cli("down", l.st.Name, l.st.Dir))
 	}
 	if st.Name != l.st.Name {
 		return fmt.Errorf("%w: %s belongs to lab %q, not %q (pass the matching name and dir)", ErrNoState, p, st.Name, l.st.Name)

@@ -130,6 +130,7 @@ func inNode(n Node, f func() error) error {
 func (l *Lab) AddPod(ctx context.Context, node, name string) (Pod, error) {
 	var p Pod
 	err := l.mutate(func() (err error) {
+		l.ensureNeighCapacity(l.podsPerNode(node))
 		p, err = l.addPod(ctx, node, name)
 		return err
 	})
@@ -271,10 +272,10 @@ func (l *Lab) DelPod(ctx context.Context, node, name string) error {
 		}
 		l.mu.Unlock()
 		if !found {
-			return fmt.Errorf("lab %s has no pod %s/%s (see `weft lab status`)", l.Name(), node, name)
+			return fmt.Errorf("lab %s has no pod %s/%s (see %s)", l.Name(), node, name, l.cli("status"))
 		}
 		if err := l.cniDel(ctx, n, p); err != nil {
-			return fmt.Errorf("CNI DEL of pod %s/%s failed, pod kept: %w (is the agent of %s running? `weft lab down` removes it regardless)", node, name, err, node)
+			return fmt.Errorf("CNI DEL of pod %s/%s failed, pod kept: %w (is the agent of %s running? %s removes it regardless)", node, name, err, node, l.cli("down"))
 		}
 		if err := deleteNS(p.Namespace); err != nil {
 			return err

@@ -63,7 +63,7 @@ func (s NodeStatus) String() string {
 func (l *Lab) Status(ctx context.Context) ([]NodeStatus, error) {
 	nodes := l.Nodes()
 	if len(nodes) == 0 {
-		return nil, fmt.Errorf("lab %s has no nodes: is it up? (`weft lab up`)", l.Name())
+		return nil, fmt.Errorf("lab %s has no nodes: is it up? (%s)", l.Name(), l.cli("up"))
 	}
 	out := make([]NodeStatus, len(nodes))
 	var wg sync.WaitGroup
