@@ -106,6 +106,7 @@ type state struct {
 	CNIBinDir  string    `json:"cniBinDir"`
 	AgentArgs  []string  `json:"agentArgs,omitempty"`
 	Portmap    bool      `json:"portmap"`
+	CNIVersion string    `json:"cniVersion,omitempty"` // of the conflist: 1.1.0, or 1.0.0 for an older portmap
 	NodesWant  int       `json:"nodesWanted"`
 	PodsWant   int       `json:"podsPerNodeWanted"`
 	Created    time.Time `json:"created"`
@@ -308,9 +309,9 @@ func (l *Lab) build(ctx context.Context) error {
 	}
 
 	if !st.NoAgents {
-		use, why := portmapUsable(ctx, l.cniPath())
-		st.Portmap = use
-		if use {
+		version, why := portmapVersion(ctx, l.cniPath())
+		st.Portmap, st.CNIVersion = version != "", version
+		if st.Portmap {
 			l.logf("portmap: enabled (%s)", why)
 		} else {
 			l.logf("portmap: not used: %s", why)

@@ -36,26 +36,29 @@ func (l *Lab) cniConfig() *libcni.CNIConfig {
 	return libcni.NewCNIConfigWithCacheDir(l.cniPath(), filepath.Join(l.Dir(), cniCache), nil)
 }
 
-// portmapUsable decides whether the conflist chains portmap: the plugin must be
-// installed, iptables (which it drives) must be on PATH, and it must speak our CNI
-// version (older distribution builds stop at 1.0.0 and would fail every ADD).
-func portmapUsable(ctx context.Context, path []string) (bool, string) {
+// portmapVersion decides whether the conflist chains portmap, and at which CNI version:
+// the plugin must be installed, iptables (which it drives) must be on PATH, and the
+// conflist declares the newest version both weft-cni and portmap speak (distribution
+// builds of portmap may stop at 1.0.0). It returns "" when portmap is not used.
+func portmapVersion(ctx context.Context, path []string) (version, why string) {
 	if _, err := os.Stat(filepath.Join(systemCNIDir, "portmap")); err != nil {
-		return false, systemCNIDir + "/portmap is not installed"
+		return "", systemCNIDir + "/portmap is not installed"
 	}
 	if _, err := exec.LookPath("iptables"); err != nil {
-		return false, "no iptables on PATH, which portmap needs"
+		return "", "no iptables on PATH, which portmap needs"
 	}
 	vctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	info, err := libcni.NewCNIConfig(path, nil).GetVersionInfo(vctx, "portmap")
 	if err != nil {
-		return false, fmt.Sprintf("asking portmap for its CNI versions failed: %v", err)
+		return "", fmt.Sprintf("asking portmap for its CNI versions failed: %v", err)
 	}
-	if !slices.Contains(info.SupportedVersions(), cniVersion) {
-		return false, fmt.Sprintf("the installed portmap supports CNI %v, not %s (install containernetworking-plugins >= 1.5)", info.SupportedVersions(), cniVersion)
+	for _, v := range []string{cniVersion, "1.0.0"} {
+		if slices.Contains(info.SupportedVersions(), v) {
+			return v, "portmap found and iptables on PATH; conflist at CNI " + v
+		}
 	}
-	return true, "portmap found and iptables on PATH"
+	return "", fmt.Sprintf("the installed portmap supports CNI %v, not %s or 1.0.0", info.SupportedVersions(), cniVersion)
 }
 
 func conflistPath(n Node) string { return filepath.Join(n.Dir, "weft.conflist") }
@@ -78,8 +81,11 @@ func loadConflist(n Node) (*libcni.NetworkConfigList, error) {
 // writeConflist writes the node's CNI network configuration list.
 func (l *Lab) writeConflist(n Node) error {
 	l.mu.Lock()
-	portmap := l.st.Portmap
+	portmap, version := l.st.Portmap, l.st.CNIVersion
 	l.mu.Unlock()
+	if version == "" {
+		version = cniVersion
+	}
 	plugins := []map[string]any{{"type": "weft-cni", "socket": n.Socket}}
 	if portmap {
 		plugins = append(plugins, map[string]any{
@@ -89,7 +95,7 @@ func (l *Lab) writeConflist(n Node) error {
 		})
 	}
 	b, err := json.MarshalIndent(map[string]any{
-		"cniVersion": cniVersion,
+		"cniVersion": version,
 		"name":       cniNetwork,
 		"plugins":    plugins,
 	}, "", "  ")
