@@ -27,9 +27,7 @@ func statusCmd() *cobra.Command {
 				return err
 			}
 			if asJSON {
-				enc := json.NewEncoder(cmd.OutOrStdout())
-				enc.SetIndent("", "  ")
-				return enc.Encode(st)
+				return printJSON(cmd.OutOrStdout(), st)
 			}
 			printStatus(cmd.OutOrStdout(), st)
 			return nil
@@ -38,6 +36,13 @@ func statusCmd() *cobra.Command {
 	cmd.Flags().StringVar(&socket, "socket", api.DefaultSocket, "the agent's local API socket")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON (the stable machine format)")
 	return cmd
+}
+
+// printJSON writes v as indented JSON: the stable machine format of every view.
+func printJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
 }
 
 func printStatus(w io.Writer, st api.Status) {

@@ -193,11 +193,7 @@ func (a *Allocator) Get(k Key) (Lease, bool) {
 // Allocate returns k's lease, making one if k has none.
 func (a *Allocator) Allocate(ctx context.Context, k Key) (Lease, error) {
 	changed := false
-	defer func() {
-		if changed && a.cfg.OnBlocksChanged != nil {
-			a.cfg.OnBlocksChanged()
-		}
-	}()
+	defer a.notifyIf(&changed) // runs after the unlock below
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if ip, ok := a.leases[k]; ok {
@@ -226,6 +222,14 @@ func (a *Allocator) Allocate(ctx context.Context, k Key) (Lease, error) {
 		return Lease{}, err
 	}
 	return Lease{Key: k, Address: netip.PrefixFrom(ip, a.cfg.BlockBits)}, nil
+}
+
+// notifyIf calls OnBlocksChanged if *changed; deferred before the lock is taken, so the
+// callback runs with no lock held.
+func (a *Allocator) notifyIf(changed *bool) {
+	if *changed && a.cfg.OnBlocksChanged != nil {
+		a.cfg.OnBlocksChanged()
+	}
 }
 
 // Release frees k's lease; it reports whether k had one. An emptied non-home block is
@@ -257,11 +261,7 @@ func (a *Allocator) GC(ctx context.Context, valid []Key) ([]Key, error) {
 
 func (a *Allocator) releaseAll(ctx context.Context, keys []Key) ([]Key, error) {
 	changed := false
-	defer func() {
-		if changed && a.cfg.OnBlocksChanged != nil {
-			a.cfg.OnBlocksChanged()
-		}
-	}()
+	defer a.notifyIf(&changed) // runs after the unlock below
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	var released []Key
