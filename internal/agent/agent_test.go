@@ -14,12 +14,11 @@ import (
 	"github.com/weftnet/weft/internal/api"
 	"github.com/weftnet/weft/internal/dataplane"
 	"github.com/weftnet/weft/internal/ipam"
+	"github.com/weftnet/weft/internal/testutil"
 )
 
 // These tests run a real agent in-process against a fake kernel, with gossip on loopback:
 // no root needed. The lab tests run real agents against real kernels.
-
-const testPort = 16791
 
 type running struct {
 	client *api.Client
@@ -30,7 +29,7 @@ func startAgent(t *testing.T, dir string, k dataplane.Kernel, peers ...string) r
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	cfg := Config{
-		NodeName: "node1", UnderlayIP: netip.MustParseAddr("127.0.0.1"), GossipPort: testPort,
+		NodeName: "node1", UnderlayIP: netip.MustParseAddr("127.0.0.1"), GossipPort: testutil.FreePort(t, "127.0.0.1"),
 		Socket: filepath.Join(dir, "weft.sock"), StatePath: filepath.Join(dir, "ipam.json"),
 		Claims:      ipam.FileStore{Dir: filepath.Join(dir, "claims")},
 		ClusterCIDR: netip.MustParsePrefix("10.32.0.0/16"), BlockBits: 26,

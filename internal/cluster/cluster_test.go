@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"fmt"
+	"net"
 	"net/netip"
 	"slices"
 	"testing"
@@ -9,8 +10,15 @@ import (
 )
 
 // Tests gossip over real UDP/TCP on loopback: each node binds its own 127.77.0.x address
-// on a port unlikely to be in use, so a crash (Shutdown) is a real silence.
-const testPort = 16783
+// on one port found free at start, so a crash (Shutdown) is a real silence.
+var testPort = func() int {
+	l, err := net.Listen("tcp", "127.77.0.1:0")
+	if err != nil {
+		panic(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}()
 
 func loopback(i int) netip.Addr { return netip.AddrFrom4([4]byte{127, 77, 0, byte(i)}) }
 

@@ -3,8 +3,10 @@
 package testutil
 
 import (
+	"net"
 	"os"
 	"runtime"
+	"strconv"
 	"testing"
 
 	"github.com/containernetworking/plugins/pkg/ns"
@@ -38,4 +40,25 @@ func NewNS(t testing.TB) ns.NetNS {
 		t.Fatalf("bringing up lo: %v", err)
 	}
 	return n
+}
+
+// FreePort returns a port that is free for both TCP and UDP on addr (gossip uses both), so
+// tests running at the same time do not collide.
+func FreePort(t testing.TB, addr string) int {
+	t.Helper()
+	for range 50 {
+		tl, err := net.Listen("tcp", net.JoinHostPort(addr, "0"))
+		if err != nil {
+			t.Fatalf("finding a free port on %s: %v", addr, err)
+		}
+		port := tl.Addr().(*net.TCPAddr).Port
+		ul, err := net.ListenPacket("udp", net.JoinHostPort(addr, strconv.Itoa(port)))
+		tl.Close()
+		if err == nil {
+			ul.Close()
+			return port
+		}
+	}
+	t.Fatalf("no port free for both TCP and UDP on %s", addr)
+	return 0
 }
