@@ -19,11 +19,11 @@ import (
 
 func agentCmd() *cobra.Command {
 	var (
-		nodeName, underlay, cidr, socket, stateDir, claimsDir, keyFile string
-		peers                                                          []string
-		gossipPort, blockBits, mtu                                     int
-		resync, grace                                                  time.Duration
-		verbose                                                        bool
+		nodeName, underlay, cidr, socket, stateDir, claimsDir, keyFile, httpAddr string
+		peers                                                                    []string
+		gossipPort, blockBits, mtu                                               int
+		resync, grace                                                            time.Duration
+		verbose                                                                  bool
 	)
 	cmd := &cobra.Command{
 		Use:   "agent",
@@ -37,7 +37,7 @@ func agentCmd() *cobra.Command {
 			log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 			cfg := agent.Config{
 				NodeName: nodeName, GossipPort: gossipPort, Discovery: agent.StaticPeers(peers),
-				Socket: socket, StatePath: filepath.Join(stateDir, "ipam.json"),
+				Socket: socket, HTTPAddr: httpAddr, StatePath: filepath.Join(stateDir, "ipam.json"),
 				BlockBits: blockBits, MTU: mtu, Resync: resync, SyncGrace: grace, Logger: log, Verbose: verbose,
 			}
 			var err error
@@ -75,6 +75,7 @@ func agentCmd() *cobra.Command {
 	f.IntVar(&gossipPort, "gossip-port", cluster.DefaultPort, "gossip port (TCP and UDP)")
 	f.StringVar(&keyFile, "gossip-key-file", "", "file with the cluster's gossip key (hex, 16/24/32 bytes); peers without it cannot join")
 	f.StringVar(&socket, "socket", api.DefaultSocket, "unix socket of the local API (root only)")
+	f.StringVar(&httpAddr, "http-addr", agent.DefaultHTTPAddr, "address of the health endpoints /healthz and /readyz; \"\" disables")
 	f.StringVar(&stateDir, "state-dir", "/var/lib/weft", "where the node keeps its IPAM leases")
 	f.StringVar(&claimsDir, "claims-dir", "", "block claim directory shared by every node (default: <state-dir>/claims; the lab shares one)")
 	f.StringVar(&cidr, "cluster-cidr", "10.32.0.0/12", "the pod address range of the whole cluster")

@@ -36,7 +36,8 @@ type Agent struct {
 	ready   atomic.Bool // dataplane reconciled at least once
 
 	recMu         sync.Mutex // one reconcile at a time
-	lastReconcile time.Time
+	lastReconcile time.Time  // last successful reconcile
+	lastAttempt   time.Time  // last reconcile, successful or not (liveness)
 	lastErr       error
 	reconciles    uint64
 	drift         uint64
@@ -85,15 +86,33 @@ func Run(ctx context.Context, cfg Config) error {
 	a.log.Info("weft agent started", "node", cfg.NodeName, "underlay", cfg.UnderlayIP, "interface", name,
 		"mtu", a.mtu, "home", a.ipam.Home(), "socket", cfg.Socket, "version", version.Version)
 
-	var wg sync.WaitGroup
+	// One shutdown path: the first failure of any part cancels all of them.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	errc := make(chan error, 1)
+	fail := func(err error) {
+		select {
+		case errc <- err:
+		default:
+		}
+		cancel()
+	}
+	var wg sync.WaitGroup
 	wg.Go(func() {
 		if err := api.Serve(ctx, l, api.NewHandler(a)); err != nil {
-			errc <- fmt.Errorf("local API: %w", err)
+			fail(fmt.Errorf("local API: %w", err))
 		}
 	})
+	if cfg.HTTPAddr != "" {
+		wg.Go(func() {
+			if err := a.serveHTTP(ctx, cfg.HTTPAddr); err != nil {
+				fail(err)
+			}
+		})
+	}
 	wg.Go(func() { a.joinLoop(ctx) })
-	a.reconcileLoop(ctx, errc)
+	a.reconcileLoop(ctx)
+	cancel()
 	wg.Wait()
 	select {
 	case err := <-errc:
@@ -129,16 +148,13 @@ func (a *Agent) blocksChanged() {
 	a.reconcile()
 }
 
-func (a *Agent) reconcileLoop(ctx context.Context, errc chan error) {
+func (a *Agent) reconcileLoop(ctx context.Context) {
 	t := time.NewTicker(a.cfg.Resync)
 	defer t.Stop()
 	for {
 		a.reconcile()
 		select {
 		case <-ctx.Done():
-			return
-		case err := <-errc:
-			errc <- err
 			return
 		case <-a.kick:
 		case <-t.C:
@@ -178,6 +194,7 @@ func (a *Agent) reconcile() {
 	defer a.recMu.Unlock()
 	res, err := a.recon.Reconcile(a.desired())
 	a.reconciles++
+	a.lastAttempt = time.Now()
 	a.lastErr = err
 	if err != nil {
 		a.log.Error("reconciling the dataplane (will retry)", "err", err)

@@ -3,8 +3,11 @@ package agent
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
+	"net"
+	"net/http"
 	"net/netip"
 	"path/filepath"
 	"slices"
@@ -25,18 +28,29 @@ type running struct {
 	stop   func() error
 }
 
-func startAgent(t *testing.T, dir string, k dataplane.Kernel, peers ...string) running {
-	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
+func testConfig(t *testing.T, dir string, k dataplane.Kernel, opts ...func(*Config)) Config {
 	cfg := Config{
 		NodeName: "node1", UnderlayIP: netip.MustParseAddr("127.0.0.1"), GossipPort: testutil.FreePort(t, "127.0.0.1"),
 		Socket: filepath.Join(dir, "weft.sock"), StatePath: filepath.Join(dir, "ipam.json"),
 		Claims:      ipam.FileStore{Dir: filepath.Join(dir, "claims")},
 		ClusterCIDR: netip.MustParsePrefix("10.32.0.0/16"), BlockBits: 26,
 		Resync: 100 * time.Millisecond, SyncGrace: 1500 * time.Millisecond,
-		Discovery: StaticPeers(peers), Kernel: k,
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Kernel: k, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 	}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	return cfg
+}
+
+func startAgent(t *testing.T, dir string, k dataplane.Kernel, peers ...string) running {
+	return startAgentWith(t, dir, k, func(c *Config) { c.Discovery = StaticPeers(peers) })
+}
+
+func startAgentWith(t *testing.T, dir string, k dataplane.Kernel, opts ...func(*Config)) running {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	cfg := testConfig(t, dir, k, opts...)
 	done := make(chan error, 1)
 	go func() { done <- Run(ctx, cfg) }()
 	stopped := false
@@ -184,4 +198,37 @@ func TestNoDeletesBeforeSync(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 	_ = a
+}
+
+func TestHealthEndpoints(t *testing.T) {
+	dir := t.TempDir()
+	port := testutil.FreePort(t, "127.0.0.1")
+	a := startAgentWith(t, dir, &dataplane.FakeKernel{}, func(c *Config) { c.HTTPAddr = fmt.Sprintf("127.0.0.1:%d", port) })
+	_ = a
+	for _, path := range []string{"/healthz", "/readyz"} {
+		resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d%s", port, path))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("%s: %s", path, resp.Status)
+		}
+	}
+}
+
+// A part that cannot start stops the whole agent with its error, instead of hanging.
+func TestHTTPAddrInUseFailsRun(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	dir := t.TempDir()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	err = Run(ctx, testConfig(t, dir, &dataplane.FakeKernel{}, func(c *Config) { c.HTTPAddr = l.Addr().String() }))
+	if err == nil || ctx.Err() != nil {
+		t.Fatalf("Run with a taken HTTP address = %v (ctx %v), want a prompt error", err, ctx.Err())
+	}
 }

@@ -20,6 +20,7 @@ type Config struct {
 	GossipKey   []byte // nil: no gossip encryption
 	Discovery   Discovery
 	Socket      string
+	HTTPAddr    string // health probes (and metrics); "" disables
 	StatePath   string // IPAM lease file
 	Claims      ipam.ClaimStore
 	ClusterCIDR netip.Prefix

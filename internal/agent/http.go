@@ -1,0 +1,59 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"time"
+)
+
+// DefaultHTTPAddr is where the agent serves health probes (and, as they are added,
+// metrics and the status page): Weave Net's status port.
+const DefaultHTTPAddr = ":6782"
+
+// httpMux builds the agent's HTTP endpoints.
+//
+//   - /healthz: the agent is alive — its reconcile loop ran within three resync periods.
+//   - /readyz: the node can serve pods — the dataplane has been reconciled.
+func (a *Agent) httpMux() *http.ServeMux {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		a.recMu.Lock()
+		last := a.lastAttempt
+		a.recMu.Unlock()
+		if age := time.Since(last); age > 3*a.cfg.Resync {
+			http.Error(w, fmt.Sprintf("reconcile loop stalled: last run %s ago", age.Round(time.Second)), http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ok")
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if !a.ready.Load() {
+			http.Error(w, "not ready: dataplane not reconciled yet", http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ok")
+	})
+	return mux
+}
+
+// serveHTTP serves the agent's HTTP endpoints on addr until ctx ends.
+func (a *Agent) serveHTTP(ctx context.Context, addr string) error {
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("listening on %s for health and metrics: %w (choose another --http-addr, or \"\" to disable)", addr, err)
+	}
+	srv := &http.Server{Handler: a.httpMux(), ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		<-ctx.Done()
+		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(sctx)
+	}()
+	if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}
