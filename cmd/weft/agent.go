@@ -14,6 +14,7 @@ import (
 	"github.com/weftnet/weft/internal/api"
 	"github.com/weftnet/weft/internal/cluster"
 	"github.com/weftnet/weft/internal/dataplane"
+	"github.com/weftnet/weft/internal/health"
 	"github.com/weftnet/weft/internal/ipam"
 )
 
@@ -22,31 +23,42 @@ func agentCmd() *cobra.Command {
 		nodeName, underlay, cidr, socket, stateDir, claimsDir, keyFile, httpAddr string
 		peers                                                                    []string
 		gossipPort, blockBits, mtu                                               int
+		probePort                                                                int
 		resync, grace                                                            time.Duration
 		verbose                                                                  bool
+		logLevel                                                                 string
 	)
+	var kube *kubeFlags // Kubernetes mode (kubernetes.go)
 	cmd := &cobra.Command{
 		Use:   "agent",
 		Short: "Run the weft node agent (one per node)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			level := slog.LevelInfo
+			var level slog.Level
+			if err := level.UnmarshalText([]byte(logLevel)); err != nil {
+				return fmt.Errorf("--log-level %q: %w (use debug, info, warn or error)", logLevel, err)
+			}
 			if verbose {
 				level = slog.LevelDebug
 			}
 			log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 			cfg := agent.Config{
 				NodeName: nodeName, GossipPort: gossipPort, Discovery: agent.StaticPeers(peers),
-				Socket: socket, HTTPAddr: httpAddr, StatePath: filepath.Join(stateDir, "ipam.json"),
+				Socket: socket, HTTPAddr: httpAddr, ProbePort: probePort, StatePath: filepath.Join(stateDir, "ipam.json"),
 				BlockBits: blockBits, MTU: mtu, Resync: resync, SyncGrace: grace, Logger: log, Verbose: verbose,
 			}
 			var err error
+			if err := kube.configure(cmd.Context(), &cfg, underlay != "", keyFile != ""); err != nil {
+				return err
+			}
 			if cfg.NodeName == "" {
 				if cfg.NodeName, err = os.Hostname(); err != nil {
 					return fmt.Errorf("no --node-name and no hostname: %w", err)
 				}
 			}
-			if underlay == "" {
+			if underlay == "" && cfg.UnderlayIP.IsValid() {
+				// --kubernetes: the Node's InternalIP
+			} else if underlay == "" {
 				if cfg.UnderlayIP, err = dataplane.DefaultUnderlayIP(); err != nil {
 					return err
 				}
@@ -59,7 +71,9 @@ func agentCmd() *cobra.Command {
 			if claimsDir == "" {
 				claimsDir = filepath.Join(stateDir, "claims")
 			}
-			cfg.Claims = ipam.FileStore{Dir: claimsDir}
+			if cfg.Claims == nil { // --kubernetes: Leases
+				cfg.Claims = ipam.FileStore{Dir: claimsDir}
+			}
 			if keyFile != "" {
 				if cfg.GossipKey, err = cluster.LoadKey(keyFile); err != nil {
 					return err
@@ -76,6 +90,7 @@ func agentCmd() *cobra.Command {
 	f.StringVar(&keyFile, "gossip-key-file", "", "file with the cluster's gossip key (hex, 16/24/32 bytes); peers without it cannot join")
 	f.StringVar(&socket, "socket", api.DefaultSocket, "unix socket of the local API (root only)")
 	f.StringVar(&httpAddr, "http-addr", agent.DefaultHTTPAddr, "address of the health endpoints /healthz and /readyz; \"\" disables")
+	f.IntVar(&probePort, "probe-port", health.DefaultPort, "UDP port of the peer health probes (underlay and overlay) and their echo responder; 0 disables probing")
 	f.StringVar(&stateDir, "state-dir", "/var/lib/weft", "where the node keeps its IPAM leases")
 	f.StringVar(&claimsDir, "claims-dir", "", "block claim directory shared by every node (default: <state-dir>/claims; the lab shares one)")
 	f.StringVar(&cidr, "cluster-cidr", "10.32.0.0/12", "the pod address range of the whole cluster")
@@ -83,6 +98,8 @@ func agentCmd() *cobra.Command {
 	f.IntVar(&mtu, "mtu", 0, "pod and overlay MTU (default: underlay MTU minus 50 bytes of VXLAN overhead)")
 	f.DurationVar(&resync, "resync", 5*time.Second, "how often the kernel state is reconciled even without changes")
 	f.DurationVar(&grace, "sync-grace", 30*time.Second, "how long to wait for a peer before removing kernel entries of unknown nodes")
-	f.BoolVar(&verbose, "verbose", false, "debug logging")
+	f.BoolVar(&verbose, "verbose", false, "debug logging (same as --log-level debug)")
+	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn or error")
+	kube = addKubernetesFlags(f)
 	return cmd
 }

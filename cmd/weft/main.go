@@ -32,7 +32,7 @@ func run() error {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(agentCmd(), statusCmd(), labCmd(), versionCmd())
+	root.AddCommand(agentCmd(), statusCmd(), doctorCmd(), labCmd(), versionCmd(), manifestCmd(), installCNICmd())
 	err := root.ExecuteContext(ctx)
 	if errors.Is(err, context.Canceled) {
 		return nil

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
+	"runtime"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -41,6 +42,8 @@ type Agent struct {
 	lastErr       error
 	reconciles    uint64
 	drift         uint64
+
+	observe // health probes, metrics, status page (observe.go)
 }
 
 // Run runs the agent until ctx ends.
@@ -64,11 +67,13 @@ func Run(ctx context.Context, cfg Config) error {
 	a.ipam, err = ipam.New(ctx, ipam.Config{
 		ClusterCIDR: cfg.ClusterCIDR, BlockBits: cfg.BlockBits, Node: cfg.NodeName,
 		StatePath: cfg.StatePath, Store: cfg.Claims, OnBlocksChanged: a.blocksChanged,
+		SpareBlocks: cfg.SpareBlocks, Logger: cfg.Logger,
 	})
 	if err != nil {
 		return fmt.Errorf("starting IPAM: %w", err)
 	}
 	a.recon = dataplane.NewReconciler(cfg.Kernel)
+	a.initObserve()
 
 	a.cluster, err = cluster.Start(cluster.Config{
 		Self: a.selfRecord(), BindAddr: cfg.UnderlayIP, Port: cfg.GossipPort, Key: cfg.GossipKey,
@@ -99,7 +104,7 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	var wg sync.WaitGroup
 	wg.Go(func() {
-		if err := api.Serve(ctx, l, api.NewHandler(a)); err != nil {
+		if err := api.Serve(ctx, l, a.metrics.InstrumentAPI(api.NewHandler(a))); err != nil {
 			fail(fmt.Errorf("local API: %w", err))
 		}
 	})
@@ -111,6 +116,8 @@ func Run(ctx context.Context, cfg Config) error {
 		})
 	}
 	wg.Go(func() { a.joinLoop(ctx) })
+	a.startObserve(ctx, &wg, fail)
+	wg.Go(func() { a.watchDiscovery(ctx) })
 	a.reconcileLoop(ctx)
 	cancel()
 	wg.Wait()
@@ -182,6 +189,9 @@ func (a *Agent) desired() dataplane.Desired {
 		if n.Underlay == a.cfg.UnderlayIP || !a.cfg.ClusterCIDR.Contains(n.Tunnel) {
 			continue // a misconfigured peer must not hijack our own addresses
 		}
+		if !a.peerAllowed(n.Name) {
+			continue // e.g. its Node object was deleted
+		}
 		d.Peers = append(d.Peers, dataplane.Peer{
 			Name: n.Name, UnderlayIP: n.Underlay, MAC: n.MAC(), TunnelIP: n.Tunnel, Blocks: n.Blocks,
 		})
@@ -212,6 +222,7 @@ func (a *Agent) reconcile() {
 	}
 	if !a.ready.Swap(true) {
 		a.log.Info("dataplane ready", "ops", len(res.Ops))
+		a.becameReady()
 	}
 }
 
@@ -345,6 +356,7 @@ func (a *Agent) Status(context.Context) (api.Status, error) {
 	}
 	a.recMu.Lock()
 	s.LastReconcile, s.Reconciles, s.Drift = a.lastReconcile, a.reconciles, a.drift
+	s.Goroutines = runtime.NumGoroutine()
 	if !s.Ready {
 		s.Reason = "dataplane not reconciled yet"
 		if a.lastErr != nil {
@@ -356,7 +368,8 @@ func (a *Agent) Status(context.Context) (api.Status, error) {
 		s.Blocks = append(s.Blocks, api.BlockUsage{Block: u.Block, Used: u.Used, Capacity: u.Capacity})
 	}
 	for _, m := range a.cluster.Members() {
-		s.Peers = append(s.Peers, api.Peer{Name: m.Name, Underlay: m.Underlay, State: m.State, Blocks: slices.Clone(m.Blocks), Version: m.Version})
+		s.Peers = append(s.Peers, api.Peer{Name: m.Name, Underlay: m.Underlay, State: m.State, Blocks: slices.Clone(m.Blocks), Version: m.Version, Tunnel: m.Tunnel})
 	}
+	a.observeStatus(&s)
 	return s, nil
 }

@@ -21,6 +21,7 @@ type Config struct {
 	Discovery   Discovery
 	Socket      string
 	HTTPAddr    string // health probes (and metrics); "" disables
+	ProbePort   int    // UDP port of the peer health probes and their responder (weft: 6785); 0 disables
 	StatePath   string // IPAM lease file
 	Claims      ipam.ClaimStore
 	ClusterCIDR netip.Prefix
@@ -35,6 +36,17 @@ type Config struct {
 	// Kernel is where the dataplane is reconciled; nil means this network namespace's
 	// kernel (tests pass dataplane.FakeKernel).
 	Kernel dataplane.Kernel
+
+	// Integration hooks (Kubernetes mode; see hooks.go). All optional.
+
+	// PeerFilter drops the peers it returns false for from the desired state even while
+	// gossip reports them alive (Kubernetes: a Node that was deleted). nil keeps every peer.
+	PeerFilter func(name string) bool
+	// OnReady runs once, in a goroutine of its own, when the dataplane is first reconciled.
+	OnReady func()
+	// SpareBlocks is how many empty address blocks IPAM keeps claimed beyond those in use,
+	// so pods still start while the claim store is unreachable.
+	SpareBlocks int
 }
 
 func (c *Config) validate() error {

@@ -36,6 +36,7 @@ func (a *Agent) httpMux() *http.ServeMux {
 		}
 		fmt.Fprintln(w, "ok")
 	})
+	a.observeRoutes(mux) // /metrics, the status page and its JSON (observe.go)
 	return mux
 }
 

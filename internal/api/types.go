@@ -72,6 +72,15 @@ type Status struct {
 	LastReconcile time.Time `json:"lastReconcile"`
 	Reconciles    uint64    `json:"reconciles"`
 	Drift         uint64    `json:"drift"`
+	// Goroutines is the agent's goroutine count, for leak checks (tests, `weft status --json`).
+	Goroutines int `json:"goroutines,omitzero"`
+	// Tunnel is the node's overlay address; UnderlayMTU its underlay interface's MTU.
+	Tunnel      netip.Addr `json:"tunnel,omitzero"`
+	UnderlayMTU int        `json:"underlayMTU,omitzero"`
+	// Health sums up the peers' health: "ok", or the causes found ("" when not probing).
+	Health string `json:"health,omitempty"`
+	// Kernel is the last comparison of wanted and present kernel entries.
+	Kernel *KernelStatus `json:"kernel,omitempty"`
 }
 
 // BlockUsage is one address block the node owns.
@@ -88,4 +97,68 @@ type Peer struct {
 	State    string         `json:"state"` // alive, suspect, dead, left
 	Blocks   []netip.Prefix `json:"blocks"`
 	Version  string         `json:"version,omitempty"`
+
+	// The rest is this node's health view of the peer: its own probes over the underlay and
+	// through the overlay, and its own kernel entries for the peer (see internal/health).
+	Tunnel netip.Addr `json:"tunnel,omitzero"`
+	// Health is one of the Health* causes; "" when the agent does not probe.
+	Health       string `json:"health,omitempty"`
+	HealthDetail string `json:"healthDetail,omitempty"`
+	// OverlayRTTMs and UnderlayRTTMs are the last small probe's round trip, 0 if lost.
+	OverlayRTTMs  float64 `json:"overlayRTTMs,omitzero"`
+	UnderlayRTTMs float64 `json:"underlayRTTMs,omitzero"`
+	// LastHeard is the last time any probe of this peer was answered.
+	LastHeard time.Time `json:"lastHeard,omitzero"`
+	// Paths are the four probe kinds, by name: underlay, underlay-large, overlay,
+	// overlay-large.
+	Paths []PathHealth `json:"paths,omitempty"`
+	// MTU, AddrsUsed and AddrsCapacity are what the peer's echo responder reports.
+	MTU           int `json:"mtu,omitzero"`
+	AddrsUsed     int `json:"addrsUsed,omitzero"`
+	AddrsCapacity int `json:"addrsCapacity,omitzero"`
+	// MissingKernelEntries are this node's route, FDB and neighbour entries for the peer
+	// that the kernel does not have right now.
+	MissingKernelEntries []string `json:"missingKernelEntries,omitempty"`
+}
+
+// Health causes, from the most to the least fundamental (see internal/health).
+const (
+	HealthOK             = "ok"
+	HealthUnknown        = "unknown" // not probed yet
+	HealthPeerDown       = "peer-down"
+	HealthUnderlayBroken = "underlay-broken"
+	HealthVXLANBlocked   = "vxlan-blocked"
+	HealthMTUBlackhole   = "mtu-blackhole"
+	HealthMissingKernel  = "missing-kernel-entry"
+)
+
+// PathHealth is one probe kind towards one peer.
+type PathHealth struct {
+	Path string `json:"path"` // underlay, underlay-large, overlay, overlay-large
+	Size int    `json:"size"` // UDP payload bytes, sent with DF set
+	// OK: the last probe was answered; Failing: the path is considered broken (two
+	// probes lost in a row, or one refused or rejected locally).
+	OK      bool    `json:"ok"`
+	Failing bool    `json:"failing"`
+	RTTMs   float64 `json:"rttMs,omitzero"`
+	Sent    uint64  `json:"sent"`
+	Lost    uint64  `json:"lost"`
+	Error   string  `json:"error,omitempty"` // why the last probe failed
+}
+
+// KernelStatus compares the kernel entries the node wants with those it has.
+type KernelStatus struct {
+	CheckedAt time.Time `json:"checkedAt"`
+	// Expected counts the routes, neighbour and FDB entries weft wants (own blocks and,
+	// per live peer, one route per block, one neighbour, one FDB entry); Present how many
+	// of them the kernel has.
+	Expected int `json:"expected"`
+	Present  int `json:"present"`
+	// Missing are wanted entries the kernel lacks (the reconciler adds them within one
+	// resync); Stale are weft's entries that nothing wants (removed once pruning is on);
+	// Other are differences on weft's links, addresses, sysctl and NAT.
+	Missing []string `json:"missing,omitempty"`
+	Stale   []string `json:"stale,omitempty"`
+	Other   []string `json:"other,omitempty"`
+	Error   string   `json:"error,omitempty"`
 }

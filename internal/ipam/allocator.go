@@ -7,12 +7,14 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"log/slog"
 	"math/big"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
 	"sync"
+	"time"
 )
 
 // Key names one pod interface: container ID + interface name.
@@ -41,6 +43,11 @@ type Config struct {
 	// OnBlocksChanged, if set, is called (with no lock held) after the node's set of blocks
 	// changed, so the agent can publish it.
 	OnBlocksChanged func()
+	// SpareBlocks is how many empty blocks (besides the home block) the node keeps claimed
+	// as headroom; see spare.go. 0 claims blocks only when the node's blocks are full.
+	SpareBlocks int
+	// Logger reports background claim failures; nil is slog.Default().
+	Logger *slog.Logger
 }
 
 // Allocator hands out the addresses of one node.
@@ -52,6 +59,10 @@ type Allocator struct {
 	leases map[Key]netip.Addr
 	used   map[netip.Addr]Key
 	cursor netip.Addr // the last address handed out; the search continues after it
+
+	spareKick chan struct{} // asks the spare loop to top up; nil without SpareBlocks
+	// unconfirmed are owned blocks the store could not confirm at start (guarded by mu).
+	unconfirmed []netip.Prefix
 }
 
 // state is the persisted form.
@@ -82,7 +93,65 @@ func New(ctx context.Context, cfg Config) (*Allocator, error) {
 	if err := a.persist(); err != nil {
 		return nil, err
 	}
+	a.startSpares(ctx)
+	if len(a.unconfirmed) > 0 {
+		go a.confirmLoop(ctx)
+	}
 	return a, nil
+}
+
+// confirmLoop confirms, with backoff, the blocks load could not confirm because the claim
+// store was unreachable. A block another node owns by now is dropped with its leases: that
+// is the only way to avoid a duplicate address.
+func (a *Allocator) confirmLoop(ctx context.Context) {
+	wait := spareRetryMin
+	for {
+		a.mu.Lock()
+		todo := slices.Clone(a.unconfirmed)
+		a.mu.Unlock()
+		if len(todo) == 0 {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, spareRetryMax)
+		var pending []netip.Prefix
+		for _, blk := range todo { // no lock held while talking to the store
+			err := a.cfg.Store.Claim(ctx, blk, a.cfg.Node)
+			switch {
+			case err == nil:
+			case errors.Is(err, ErrClaimed):
+				a.logger().Error("a block this node held is owned by another node now; dropping it and its leases", "block", blk, "err", err)
+				a.dropBlock(blk)
+			default:
+				pending = append(pending, blk)
+			}
+		}
+		a.mu.Lock()
+		a.unconfirmed = pending
+		a.mu.Unlock()
+	}
+}
+
+// dropBlock forgets blk and every lease in it, then notifies.
+func (a *Allocator) dropBlock(blk netip.Prefix) {
+	changed := true
+	defer a.notifyIf(&changed)
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.blocks = slices.DeleteFunc(a.blocks, func(b netip.Prefix) bool { return b == blk })
+	for k, ip := range a.leases {
+		if blk.Contains(ip) {
+			delete(a.leases, k)
+			delete(a.used, ip)
+		}
+	}
+	if err := a.persist(); err != nil {
+		a.logger().Error("persisting IPAM state", "err", err)
+	}
 }
 
 func validate(cfg Config) error {
@@ -127,7 +196,10 @@ func (a *Allocator) load(ctx context.Context) error {
 				// duplicate address, at the price of this node's pods in it.
 				continue
 			}
-			return fmt.Errorf("confirming block %s: %w", blk, err)
+			// The store is unreachable (an API server outage): the file only ever lists
+			// blocks whose claim succeeded, so keep serving them and confirm later.
+			a.logger().Warn("cannot confirm an owned block with the claim store; keeping it and retrying", "block", blk, "err", err)
+			a.unconfirmed = append(a.unconfirmed, blk)
 		}
 		a.blocks = append(a.blocks, blk)
 	}
@@ -221,6 +293,7 @@ func (a *Allocator) Allocate(ctx context.Context, k Key) (Lease, error) {
 		a.cursor = prev
 		return Lease{}, err
 	}
+	a.kickSpares()
 	return Lease{Key: k, Address: netip.PrefixFrom(ip, a.cfg.BlockBits)}, nil
 }
 
@@ -281,8 +354,13 @@ func (a *Allocator) releaseAll(ctx context.Context, keys []Key) ([]Key, error) {
 	if err := a.persist(); err != nil {
 		return released, err
 	}
+	spares := 0
 	for _, blk := range slices.Clone(a.blocks[1:]) {
 		if a.usedIn(blk) > 0 {
+			continue
+		}
+		if spares < a.cfg.SpareBlocks {
+			spares++ // never give back the headroom
 			continue
 		}
 		a.blocks = slices.DeleteFunc(a.blocks, func(b netip.Prefix) bool { return b == blk })

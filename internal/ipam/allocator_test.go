@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"sync"
 	"testing"
+	"time"
 )
 
 func newAlloc(t *testing.T, store ClaimStore, dir, node, cidr string, bits int) *Allocator {
@@ -277,5 +278,47 @@ func BenchmarkAllocateRelease(b *testing.B) {
 		if _, err := a.Release(ctx, k); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// An agent restarting while the claim store is unreachable keeps serving its blocks and
+// leases from its file, and confirms them once the store is back.
+func TestRestartWhileStoreDown(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	dir := t.TempDir()
+	store := &flakyStore{ClaimStore: FileStore{Dir: filepath.Join(dir, "claims")}}
+	a := newAlloc(t, store, dir, "n1", "10.32.0.0/16", 26)
+	l1, _ := a.Allocate(ctx, key(1))
+
+	store.down.Store(true)
+	b, err := New(ctx, Config{
+		ClusterCIDR: netip.MustParsePrefix("10.32.0.0/16"), BlockBits: 26, Node: "n1",
+		StatePath: filepath.Join(dir, "n1.json"), Store: store,
+	})
+	if err != nil {
+		t.Fatalf("restart with the store down: %v", err)
+	}
+	if got, ok := b.Get(key(1)); !ok || got != l1 {
+		t.Fatalf("lease after restart = %v %v, want %v", got, ok, l1)
+	}
+	l2, err := b.Allocate(ctx, key(2))
+	if err != nil || l2.Address == l1.Address {
+		t.Fatalf("allocation with the store down = %v, %v", l2, err)
+	}
+	store.down.Store(false)
+	waitBlocks(t, b, 1) // confirmed, not dropped
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		b.mu.Lock()
+		pending := len(b.unconfirmed)
+		b.mu.Unlock()
+		if pending == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("blocks still unconfirmed 5 s after the store came back")
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }

@@ -10,6 +10,9 @@
 // never gives it back. Inside its own blocks a node allocates with no coordination at all,
 // because nobody else writes there; it claims a new block when all of its blocks are full
 // and gives back any non-home block that becomes empty.
+// With Config.SpareBlocks a node also keeps that many empty blocks claimed as headroom,
+// topped up in the background, so pods start while the claim store is unreachable
+// (spare.go).
 //
 // Leases (container ID + interface -> address) and owned blocks are kept in one JSON file
 // on the node, replaced atomically (write, fsync, rename) on every change, so a restarted

@@ -55,6 +55,9 @@ func (s NodeStatus) String() string {
 		peers = append(peers, p.Name+"="+p.State)
 	}
 	fmt.Fprintf(&b, "  peers [%s]", strings.Join(peers, " "))
+	if a.Health != "" {
+		fmt.Fprintf(&b, "  health %s", a.Health)
+	}
 	return b.String()
 }
 

@@ -1,0 +1,273 @@
+package health
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/weftnet/weft/internal/api"
+)
+
+// Target is a peer to probe.
+type Target struct {
+	Name     string
+	Underlay netip.Addr
+	Tunnel   netip.Addr
+	Gossip   string // alive, suspect, dead, left, unknown
+}
+
+// Config configures a Monitor.
+type Config struct {
+	// Port is the peers' responder port (DefaultPort).
+	Port int
+	// Interval is how often each peer is probed (default 2s). Peers are probed one per
+	// tick, spread over the interval; with more peers than Interval/MinTick the round
+	// gets longer instead of the rate higher.
+	Interval time.Duration
+	MinTick  time.Duration // default 100ms: at most 10 peers (40 probes) a second
+	Timeout  time.Duration // per probe, default 1s
+	// Targets lists the peers (every member gossip knows; dead ones are not probed).
+	Targets func() []Target
+	// UnderlayMTU and OverlayMTU size the large probes (MTU minus IPv4 and UDP headers).
+	UnderlayMTU func() int
+	OverlayMTU  func() int
+	// Kernel, if set, compares wanted and present kernel entries; it runs every
+	// KernelEvery (default 1s) — faster than the reconciler, so a deleted route is seen.
+	Kernel      func() KernelReport
+	KernelEvery time.Duration
+}
+
+// Monitor probes peers and keeps the latest results.
+type Monitor struct {
+	cfg Config
+	seq atomic.Uint64
+
+	mu     sync.Mutex // guards the fields below
+	peers  map[string]*peerState
+	kernel *KernelReport
+}
+
+type peerState struct {
+	paths     [4]api.PathHealth
+	fails     [4]int // probes lost in a row per path
+	lastHeard time.Time
+	info      Info
+}
+
+var pathNames = [4]string{PathUnderlay, PathUnderlayLarge, PathOverlay, PathOverlayLarge}
+
+// NewMonitor returns a Monitor; Run starts it.
+func NewMonitor(cfg Config) *Monitor {
+	cfg.Port = cmp.Or(cfg.Port, DefaultPort)
+	cfg.Interval = cmp.Or(cfg.Interval, 2*time.Second)
+	cfg.MinTick = cmp.Or(cfg.MinTick, 100*time.Millisecond)
+	cfg.Timeout = cmp.Or(cfg.Timeout, time.Second)
+	cfg.KernelEvery = cmp.Or(cfg.KernelEvery, time.Second)
+	return &Monitor{cfg: cfg, peers: map[string]*peerState{}}
+}
+
+// Run probes until ctx ends.
+func (m *Monitor) Run(ctx context.Context) {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	if m.cfg.Kernel != nil {
+		wg.Go(func() {
+			t := time.NewTicker(m.cfg.KernelEvery)
+			defer t.Stop()
+			for {
+				r := m.cfg.Kernel()
+				m.mu.Lock()
+				m.kernel = &r
+				m.mu.Unlock()
+				select {
+				case <-ctx.Done():
+					return
+				case <-t.C:
+				}
+			}
+		})
+	}
+	next := 0
+	for {
+		var live []Target
+		for _, t := range m.cfg.Targets() {
+			if t.Gossip != "dead" && t.Gossip != "left" && t.Underlay.IsValid() {
+				live = append(live, t)
+			}
+		}
+		slices.SortFunc(live, func(a, b Target) int { return cmp.Compare(a.Name, b.Name) })
+		tick := m.cfg.Interval
+		if len(live) > 0 {
+			tick = max(m.cfg.Interval/time.Duration(len(live)), m.cfg.MinTick)
+			t := live[next%len(live)]
+			next++
+			wg.Go(func() { m.probePeer(ctx, t) })
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(tick):
+		}
+	}
+}
+
+// probePeer sends the four probes of one round to t at once and records the results.
+func (m *Monitor) probePeer(ctx context.Context, t Target) {
+	sizes := [4]int{MinProbeSize, mtuPayload(m.cfg.UnderlayMTU), MinProbeSize, mtuPayload(m.cfg.OverlayMTU)}
+	dsts := [4]netip.Addr{t.Underlay, t.Underlay, t.Tunnel, t.Tunnel}
+	var res [4]probeResult
+	var wg sync.WaitGroup
+	for i := range 4 {
+		if !dsts[i].IsValid() {
+			res[i] = probeResult{err: errors.New("no address known"), local: true}
+			continue
+		}
+		wg.Go(func() { res[i] = m.probe(ctx, netip.AddrPortFrom(dsts[i], uint16(m.cfg.Port)), sizes[i], byte(i)) })
+	}
+	wg.Wait()
+	if ctx.Err() != nil {
+		return
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	ps := m.peers[t.Name]
+	if ps == nil {
+		ps = &peerState{}
+		m.peers[t.Name] = ps
+	}
+	for i, r := range res {
+		p := &ps.paths[i]
+		p.Path, p.Size = pathNames[i], sizes[i]
+		p.Sent++
+		if r.err == nil {
+			p.OK, p.Failing, p.Error = true, false, ""
+			p.RTTMs = float64(r.rtt.Microseconds()) / 1000
+			ps.fails[i] = 0
+			ps.lastHeard = time.Now()
+			ps.info = r.info
+			continue
+		}
+		p.Lost++
+		p.OK, p.RTTMs, p.Error = false, 0, r.err.Error()
+		ps.fails[i]++
+		p.Failing = r.local || r.refused || ps.fails[i] >= 2
+	}
+}
+
+func mtuPayload(f func() int) int {
+	mtu := 1500
+	if f != nil {
+		if v := f(); v > 0 {
+			mtu = v
+		}
+	}
+	return max(mtu-28, MinProbeSize) // IPv4 20 + UDP 8
+}
+
+type probeResult struct {
+	rtt     time.Duration
+	info    Info
+	err     error
+	refused bool // ICMP port unreachable: the host is there, no responder
+	local   bool // this kernel rejected the probe (too big for the interface, no route)
+}
+
+// probe sends one probe from a fresh connected socket (so ICMP errors come back to it) and
+// waits for its answer.
+func (m *Monitor) probe(ctx context.Context, dst netip.AddrPort, size int, kind byte) probeResult {
+	d := net.Dialer{Control: func(_, _ string, c syscall.RawConn) error { return setDF(c) }}
+	conn, err := d.DialContext(ctx, "udp4", dst.String())
+	if errors.Is(err, syscall.ENETUNREACH) {
+		return probeResult{err: fmt.Errorf("no route to %s in this node's kernel", dst.Addr()), local: true}
+	}
+	if err != nil {
+		return probeResult{err: fmt.Errorf("dial: %w", unwrapErrno(err)), local: true}
+	}
+	defer conn.Close()
+	seq := m.seq.Add(1)
+	start := time.Now()
+	if _, err := conn.Write(encodeProbe(make([]byte, size), kind, seq)); err != nil {
+		return probeResult{err: unwrapErrno(err), local: true}
+	}
+	_ = conn.SetReadDeadline(start.Add(m.cfg.Timeout))
+	buf := make([]byte, 65536)
+	for {
+		n, err := conn.Read(buf)
+		if err != nil {
+			var ne net.Error
+			switch {
+			case errors.As(err, &ne) && ne.Timeout():
+				return probeResult{err: fmt.Errorf("no answer within %s", m.cfg.Timeout)}
+			case errors.Is(err, syscall.ECONNREFUSED):
+				return probeResult{err: errors.New("refused (ICMP port unreachable)"), refused: true}
+			case errors.Is(err, syscall.EMSGSIZE):
+				return probeResult{err: errors.New("fragmentation needed (ICMP)"), local: true}
+			}
+			return probeResult{err: unwrapErrno(err)}
+		}
+		k, s, info, err := parseAnswer(buf[:n])
+		if err != nil || k != kind || s != seq {
+			continue // a late answer to an earlier probe cannot reach a fresh socket, but be safe
+		}
+		return probeResult{rtt: time.Since(start), info: info}
+	}
+}
+
+// unwrapErrno shortens "write udp4 1.2.3.4:5->6.7.8.9:6785: sendto: message too long" to
+// the syscall's message.
+func unwrapErrno(err error) error {
+	var se *os.SyscallError
+	if errors.As(err, &se) {
+		return se
+	}
+	return err
+}
+
+// Peer fills p's health fields from the latest probes and kernel check. Gossip state
+// comes from p.State.
+func (m *Monitor) Peer(p *api.Peer) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	in := Input{Gossip: p.State}
+	if ps := m.peers[p.Name]; ps != nil {
+		for _, ph := range ps.paths {
+			if ph.Sent > 0 {
+				p.Paths = append(p.Paths, ph)
+			}
+		}
+		in.Paths = p.Paths
+		if ps.paths[0].OK {
+			p.UnderlayRTTMs = ps.paths[0].RTTMs
+		}
+		if ps.paths[2].OK {
+			p.OverlayRTTMs = ps.paths[2].RTTMs
+		}
+		p.LastHeard = ps.lastHeard
+		p.MTU, p.AddrsUsed, p.AddrsCapacity = ps.info.MTU, ps.info.AddrsUsed, ps.info.AddrsCapacity
+	}
+	if m.kernel != nil {
+		p.MissingKernelEntries = slices.Clone(m.kernel.PeerMissing[p.Name])
+		in.Missing = p.MissingKernelEntries
+	}
+	p.Health, p.HealthDetail = Classify(in)
+}
+
+// Kernel returns the last kernel comparison, nil before the first.
+func (m *Monitor) Kernel() *api.KernelStatus {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.kernel == nil {
+		return nil
+	}
+	s := m.kernel.Status
+	return &s
+}
