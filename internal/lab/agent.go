@@ -302,6 +302,15 @@ func (l *Lab) StartAgent(ctx context.Context, node string) error {
 		if err := l.waitReady(ctx, node); err != nil {
 			return err
 		}
+		// With another agent stopped the cluster cannot converge: waiting would only
+		// hold the lab lock (and the caller) for settleTimeout, e.g. between the restarts
+		// of two stopped agents.
+		for _, o := range l.Nodes() {
+			if !l.agentAlive(o) {
+				l.logf("%s: not waiting for the cluster to converge: the agent of %s is not running", node, o.Name)
+				return nil
+			}
+		}
 		if err := l.waitSettled(ctx); err != nil {
 			l.logf("warning: %v; %s shows each agent's view", err, l.cli("status"))
 		}
