@@ -221,13 +221,17 @@ func stateName(s memberlist.NodeStateType) string {
 }
 
 // merge takes in records heard from the network and reports whether anything changed.
-// Newer records of other nodes are re-broadcast so they spread; a record of ourselves that
-// claims to be newer than ours (left by our previous incarnation) makes us re-assert ours.
-func (c *Cluster) merge(nodes []Node) bool {
+// Newer records of other nodes are re-broadcast so they spread: all of them when they came
+// as gossip (spreadAll), only the sender's own (the first) when they came in a push/pull
+// state, whose other records the sender heard from elsewhere and so are spreading already.
+// Re-broadcasting a whole state would make every join cost a broadcast per cluster member.
+// A record of ourselves that claims to be newer than ours (left by our previous
+// incarnation) makes us re-assert ours.
+func (c *Cluster) merge(nodes []Node, spreadAll bool) bool {
 	var rebroadcast []Node
 	changed := false
 	c.mu.Lock()
-	for _, n := range nodes {
+	for i, n := range nodes {
 		if n.Name == c.self.Name {
 			if n.Seq >= c.self.Seq && !n.equalContent(c.self) {
 				c.self.Seq = n.Seq + 1
@@ -240,7 +244,9 @@ func (c *Cluster) merge(nodes []Node) bool {
 			continue
 		}
 		c.records[n.Name] = n
-		rebroadcast = append(rebroadcast, n)
+		if spreadAll || i == 0 {
+			rebroadcast = append(rebroadcast, n)
+		}
 		if !ok || !old.equalContent(n) {
 			changed = true
 		}
@@ -274,7 +280,10 @@ type delegate Cluster
 
 func (d *delegate) NodeMeta(int) []byte { return nil }
 
-func (d *delegate) NotifyMsg(msg []byte) {
+func (d *delegate) NotifyMsg(msg []byte) { d.receive(msg, true) }
+
+// receive merges a gossip message (gossip) or a push/pull state.
+func (d *delegate) receive(msg []byte, gossip bool) {
 	c := (*Cluster)(d)
 	c.stats.MsgsIn.Add(1)
 	c.stats.BytesIn.Add(uint64(len(msg)))
@@ -282,7 +291,7 @@ func (d *delegate) NotifyMsg(msg []byte) {
 	if err != nil {
 		return // malformed or hostile: ignore
 	}
-	if c.merge(nodes) {
+	if c.merge(nodes, gossip) {
 		c.onChange()
 	}
 }
@@ -301,7 +310,7 @@ func (d *delegate) LocalState(bool) []byte {
 	c := (*Cluster)(d)
 	c.mu.Lock()
 	all := make([]Node, 0, len(c.records)+1)
-	all = append(all, c.self)
+	all = append(all, c.self) // first: merge re-broadcasts a state's first record only
 	for _, r := range c.records {
 		all = append(all, r)
 	}
@@ -312,7 +321,7 @@ func (d *delegate) LocalState(bool) []byte {
 }
 
 func (d *delegate) MergeRemoteState(buf []byte, _ bool) {
-	d.NotifyMsg(buf)
+	d.receive(buf, false)
 }
 
 // events tracks memberlist's view of each node.

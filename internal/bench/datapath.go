@@ -1,0 +1,359 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"os/exec"
+	"strconv"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/weftnet/weft/internal/lab"
+)
+
+// path is a source namespace and a destination address in another namespace.
+type path struct {
+	name  string
+	src   string // namespace name or path
+	dstNS string
+	dst   netip.Addr
+}
+
+// dpResult holds one round of one path.
+type dpResult struct {
+	tcp1, tcp4, udpRate, udpLoss float64 // Gbit/s, Gbit/s, Gbit/s, %
+	p50, p99                     float64 // ms
+}
+
+// datapath is item 1: iperf3 and a request/response probe across weft's overlay, the
+// underlay, a hand-built flannel-style VXLAN path, same-node pods and a bare veth pair.
+func datapath(ctx context.Context, o Options, r *Report) error {
+	return withLab(ctx, o, 2, 2, func(l *lab.Lab) error {
+		e := newEnv()
+		defer e.close()
+		nodes, pods := l.Nodes(), l.Pods()
+		var n1p1, n1p2, n2p1 lab.Pod
+		for _, p := range pods {
+			switch p.Node + "/" + p.Name {
+			case "node1/pod1":
+				n1p1 = p
+			case "node1/pod2":
+				n1p2 = p
+			case "node2/pod1":
+				n2p1 = p
+			}
+		}
+		mtu, err := linkMTU(n1p1.Namespace, "eth0")
+		if err != nil {
+			return err
+		}
+		ref, err := buildFlannelRef(e, mtu)
+		if err != nil {
+			return fmt.Errorf("building the reference VXLAN path: %w", err)
+		}
+		veth, err := buildVethPair(e, mtu)
+		if err != nil {
+			return fmt.Errorf("building the reference veth pair: %w", err)
+		}
+		paths := []path{
+			{"overlay", n1p1.Namespace, n2p1.Namespace, n2p1.Address.Addr()},
+			{"vxlan-ref", ref.src, ref.dstNS, ref.dst},
+			{"underlay", nodes[0].Namespace, nodes[1].Namespace, nodes[1].Underlay},
+			{"same-node", n1p1.Namespace, n1p2.Namespace, n1p2.Address.Addr()},
+			{"veth", veth.src, veth.dstNS, veth.dst},
+		}
+		sctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		for _, p := range paths {
+			if err := e.start(p.dstNS, exec.Command("iperf3", "-s", "-p", strconv.Itoa(iperfPort))); err != nil {
+				return err
+			}
+			if err := rrServer(sctx, p.dstNS); err != nil {
+				return err
+			}
+		}
+		time.Sleep(500 * time.Millisecond) // iperf3 servers listening
+
+		rounds, secs, rrN, udpRate := 5, "4", 5000, "1G"
+		if o.Quick {
+			rounds, secs, rrN = 2, "2", 1000
+		}
+		res := map[string][]dpResult{}
+		for round := range rounds {
+			// Rotate the order, so no path always runs first or after the same one.
+			for k := range paths {
+				p := paths[(k+round)%len(paths)]
+				var d dpResult
+				tcp1, err := iperf(ctx, p.src, p.dst, "-t", secs, "-O", "1")
+				if err != nil {
+					return err
+				}
+				tcp4, err := iperf(ctx, p.src, p.dst, "-t", secs, "-O", "1", "-P", "4")
+				if err != nil {
+					return err
+				}
+				udp, err := iperf(ctx, p.src, p.dst, "-t", secs, "-u", "-b", udpRate, "-l", "1400")
+				if err != nil {
+					return err
+				}
+				lat, err := rr(ctx, p.src, p.dst, rrN)
+				if err != nil {
+					return err
+				}
+				s := summarize(durationsMS(lat))
+				d.tcp1 = tcp1.End.SumReceived.BitsPerSecond / 1e9
+				d.tcp4 = tcp4.End.SumReceived.BitsPerSecond / 1e9
+				d.udpRate = udp.End.Sum.BitsPerSecond / 1e9
+				d.udpLoss = udp.End.Sum.LostPercent
+				d.p50, d.p99 = s.Median, s.P99
+				res[p.name] = append(res[p.name], d)
+				progress(o, "datapath round %d %-9s tcp1 %.2f tcp4 %.2f Gbit/s, udp %s: %.2f Gbit/s %.2f%% loss, rr p50 %.3f p99 %.3f ms",
+					round+1, p.name, d.tcp1, d.tcp4, udpRate, d.udpRate, d.udpLoss, d.p50, d.p99)
+			}
+		}
+		get := func(name string, f func(dpResult) float64) []float64 {
+			var out []float64
+			for _, d := range res[name] {
+				out = append(out, f(d))
+			}
+			return out
+		}
+		for _, p := range paths {
+			it := "1 datapath"
+			r.add(Figure{Item: it, Name: p.name + " TCP 1 stream", Unit: "Gbit/s", Value: summarize(get(p.name, func(d dpResult) float64 { return d.tcp1 }))})
+			r.add(Figure{Item: it, Name: p.name + " TCP 4 streams", Unit: "Gbit/s", Value: summarize(get(p.name, func(d dpResult) float64 { return d.tcp4 }))})
+			r.add(Figure{Item: it, Name: p.name + " UDP at " + udpRate + "bit/s: received", Unit: "Gbit/s", Value: summarize(get(p.name, func(d dpResult) float64 { return d.udpRate }))})
+			r.add(Figure{Item: it, Name: p.name + " UDP at " + udpRate + "bit/s: loss", Unit: "%", Value: summarize(get(p.name, func(d dpResult) float64 { return d.udpLoss }))})
+			r.add(Figure{Item: it, Name: p.name + " TCP RR p50", Unit: "ms", Value: summarize(get(p.name, func(d dpResult) float64 { return d.p50 }))})
+			r.add(Figure{Item: it, Name: p.name + " TCP RR p99", Unit: "ms", Value: summarize(get(p.name, func(d dpResult) float64 { return d.p99 }))})
+		}
+		ratio := func(a, b string, f func(dpResult) float64) Sample {
+			return summarize(ratios(get(a, f), get(b, f)))
+		}
+		tcp1 := func(d dpResult) float64 { return d.tcp1 }
+		tcp4 := func(d dpResult) float64 { return d.tcp4 }
+		p50 := func(d dpResult) float64 { return d.p50 }
+		note := "per-round ratio, paths alternated"
+		r.add(goalMin(Figure{Item: "1 datapath", Name: "overlay / vxlan-ref, TCP 1 stream", Unit: "x", Value: ratio("overlay", "vxlan-ref", tcp1), Note: note}, 0.97))
+		r.add(Figure{Item: "1 datapath", Name: "overlay / vxlan-ref, TCP 4 streams", Unit: "x", Value: ratio("overlay", "vxlan-ref", tcp4), Note: note})
+		r.add(Figure{Item: "1 datapath", Name: "overlay / vxlan-ref, RR p50 latency", Unit: "x", Value: ratio("overlay", "vxlan-ref", p50), Note: note})
+		r.add(Figure{Item: "1 datapath", Name: "overlay / underlay, TCP 1 stream", Unit: "x", Value: ratio("overlay", "underlay", tcp1), Note: note})
+		r.add(Figure{Item: "1 datapath", Name: "overlay / underlay, TCP 4 streams", Unit: "x", Value: ratio("overlay", "underlay", tcp4), Note: note})
+		r.add(goalMin(Figure{Item: "1 datapath", Name: "same-node / veth, TCP 1 stream", Unit: "x", Value: ratio("same-node", "veth", tcp1), Note: note}, 0.95))
+		r.add(Figure{Item: "1 datapath", Name: "same-node / veth, TCP 4 streams", Unit: "x", Value: ratio("same-node", "veth", tcp4), Note: note})
+		return nil
+	})
+}
+
+func linkMTU(nsName, link string) (int, error) {
+	var mtu int
+	err := inHandle(nsName, func(h *netlink.Handle) error {
+		l, err := h.LinkByName(link)
+		if err != nil {
+			return err
+		}
+		mtu = l.Attrs().MTU
+		return nil
+	})
+	return mtu, err
+}
+
+func ipnet(s string) *net.IPNet {
+	ip, n, err := net.ParseCIDR(s)
+	if err != nil {
+		panic(err)
+	}
+	n.IP = ip
+	return n
+}
+
+// vethInto creates a veth whose end a is in namespace nsA and end b in nsB.
+func vethInto(nsA, a, nsB, b string, mtu int) error {
+	return inHandle(nsA, func(h *netlink.Handle) error {
+		fd, err := unix.Open(nsFile(nsB), unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return err
+		}
+		defer unix.Close(fd)
+		v := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: a, MTU: mtu}, PeerName: b, PeerMTU: uint32(mtu), PeerNamespace: netlink.NsFd(fd)}
+		if err := h.LinkAdd(v); err != nil {
+			return fmt.Errorf("veth %s/%s: %w", a, b, err)
+		}
+		return nil
+	})
+}
+
+// addrUp gives link in nsName address cidr (if not empty), brings it up, and with
+// master set attaches it to that bridge.
+func addrUp(nsName, link, cidr, master string) error {
+	return inHandle(nsName, func(h *netlink.Handle) error {
+		l, err := h.LinkByName(link)
+		if err != nil {
+			return err
+		}
+		if master != "" {
+			m, err := h.LinkByName(master)
+			if err != nil {
+				return err
+			}
+			if err := h.LinkSetMaster(l, m); err != nil {
+				return err
+			}
+		}
+		if cidr != "" {
+			if err := h.AddrAdd(l, &netlink.Addr{IPNet: ipnet(cidr)}); err != nil {
+				return fmt.Errorf("address %s on %s in %s: %w", cidr, link, nsName, err)
+			}
+		}
+		return h.LinkSetUp(l)
+	})
+}
+
+func addBridge(nsName, name string, mtu int) error {
+	return inHandle(nsName, func(h *netlink.Handle) error {
+		return h.LinkAdd(&netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: name, MTU: mtu}})
+	})
+}
+
+// defaultVia sets the default route of nsName via gw.
+func defaultVia(nsName, gw string) error {
+	return inHandle(nsName, func(h *netlink.Handle) error {
+		return h.RouteAdd(&netlink.Route{Gw: net.ParseIP(gw)})
+	})
+}
+
+// buildVethPair is reference (c): two namespaces joined by one veth pair.
+func buildVethPair(e *env, mtu int) (path, error) {
+	a, err := e.newNS("veth-a")
+	if err != nil {
+		return path{}, err
+	}
+	b, err := e.newNS("veth-b")
+	if err != nil {
+		return path{}, err
+	}
+	if err := vethInto(a, "eth0", b, "eth0", mtu); err != nil {
+		return path{}, err
+	}
+	if err := addrUp(a, "eth0", "10.250.0.1/24", ""); err != nil {
+		return path{}, err
+	}
+	if err := addrUp(b, "eth0", "10.250.0.2/24", ""); err != nil {
+		return path{}, err
+	}
+	return path{name: "veth", src: a, dstNS: b, dst: netip.MustParseAddr("10.250.0.2")}, nil
+}
+
+// buildFlannelRef is reference (b): two hosts on an underlay bridge (as the lab's
+// nodes), each with pods on a bridge cni0 and one VXLAN device flannel.1 set up as
+// flannel's vxlan backend does it — per remote host one route "subnet via its
+// flannel.1 address onlink", one permanent neighbour entry and one permanent FDB entry;
+// learning off, no miss notifications. One pod on each host.
+func buildFlannelRef(e *env, mtu int) (path, error) {
+	ul, err := e.newNS("ref-ul")
+	if err != nil {
+		return path{}, err
+	}
+	if err := addBridge(ul, "br0", 1500); err != nil {
+		return path{}, err
+	}
+	if err := addrUp(ul, "br0", "", ""); err != nil {
+		return path{}, err
+	}
+	hosts := make([]string, 3)
+	pods := make([]string, 3)
+	mac := func(i int) net.HardwareAddr { return net.HardwareAddr{0x02, 0xfe, 0, 0, 0, byte(i)} }
+	under := func(i int) string { return fmt.Sprintf("198.19.0.%d", i) }
+	for i := 1; i <= 2; i++ {
+		if hosts[i], err = e.newNS(fmt.Sprintf("ref-h%d", i)); err != nil {
+			return path{}, err
+		}
+		if pods[i], err = e.newNS(fmt.Sprintf("ref-p%d", i)); err != nil {
+			return path{}, err
+		}
+		h, p := hosts[i], pods[i]
+		if err := sysctl(h, "net.ipv4.ip_forward", "1"); err != nil {
+			return path{}, err
+		}
+		if err := vethInto(ul, fmt.Sprintf("h%d", i), h, "eth0", 1500); err != nil {
+			return path{}, err
+		}
+		if err := addrUp(ul, fmt.Sprintf("h%d", i), "", "br0"); err != nil {
+			return path{}, err
+		}
+		if err := addrUp(h, "eth0", under(i)+"/15", ""); err != nil {
+			return path{}, err
+		}
+		if err := addBridge(h, "cni0", mtu); err != nil {
+			return path{}, err
+		}
+		if err := addrUp(h, "cni0", fmt.Sprintf("10.244.%d.1/24", i), ""); err != nil {
+			return path{}, err
+		}
+		if err := vethInto(h, "vethp", p, "eth0", mtu); err != nil {
+			return path{}, err
+		}
+		if err := addrUp(h, "vethp", "", "cni0"); err != nil {
+			return path{}, err
+		}
+		if err := addrUp(p, "eth0", fmt.Sprintf("10.244.%d.2/24", i), ""); err != nil {
+			return path{}, err
+		}
+		if err := defaultVia(p, fmt.Sprintf("10.244.%d.1", i)); err != nil {
+			return path{}, err
+		}
+		err := inHandle(h, func(nh *netlink.Handle) error {
+			eth0, err := nh.LinkByName("eth0")
+			if err != nil {
+				return err
+			}
+			vx := &netlink.Vxlan{
+				LinkAttrs:    netlink.LinkAttrs{Name: "flannel.1", MTU: mtu, HardwareAddr: mac(i)},
+				VxlanId:      1,
+				VtepDevIndex: eth0.Attrs().Index,
+				SrcAddr:      net.ParseIP(under(i)),
+				Port:         8472,
+				Learning:     false,
+			}
+			if err := nh.LinkAdd(vx); err != nil {
+				return fmt.Errorf("flannel.1: %w", err)
+			}
+			return nil
+		})
+		if err != nil {
+			return path{}, err
+		}
+		if err := addrUp(h, "flannel.1", fmt.Sprintf("10.244.%d.0/32", i), ""); err != nil {
+			return path{}, err
+		}
+	}
+	for i := 1; i <= 2; i++ {
+		j := 3 - i // the peer
+		err := inHandle(hosts[i], func(h *netlink.Handle) error {
+			vx, err := h.LinkByName("flannel.1")
+			if err != nil {
+				return err
+			}
+			idx := vx.Attrs().Index
+			peerVTEP := net.ParseIP(fmt.Sprintf("10.244.%d.0", j))
+			if err := h.NeighSet(&netlink.Neigh{LinkIndex: idx, Family: unix.AF_INET, State: netlink.NUD_PERMANENT,
+				IP: peerVTEP, HardwareAddr: mac(j)}); err != nil {
+				return fmt.Errorf("neighbour: %w", err)
+			}
+			if err := h.NeighSet(&netlink.Neigh{LinkIndex: idx, Family: unix.AF_BRIDGE, State: netlink.NUD_PERMANENT,
+				Flags: netlink.NTF_SELF, IP: net.ParseIP(under(j)), HardwareAddr: mac(j)}); err != nil {
+				return fmt.Errorf("fdb: %w", err)
+			}
+			return h.RouteAdd(&netlink.Route{LinkIndex: idx, Dst: ipnet(fmt.Sprintf("10.244.%d.0/24", j)),
+				Gw: peerVTEP, Flags: int(netlink.FLAG_ONLINK)})
+		})
+		if err != nil {
+			return path{}, err
+		}
+	}
+	return path{name: "vxlan-ref", src: pods[1], dstNS: pods[2], dst: netip.MustParseAddr("10.244.2.2")}, nil
+}

@@ -1,0 +1,329 @@
+package bench
+
+import (
+	"bufio"
+	"context"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"github.com/vishvananda/netlink"
+
+	"github.com/weftnet/weft/internal/api"
+	"github.com/weftnet/weft/internal/cluster"
+)
+
+// SimFlag is the hidden command-line flag of weft-bench that runs SimMembers; the
+// harness starts its own binary with it inside a namespace.
+const SimFlag = "-sim-members"
+
+var (
+	simAgentIP = netip.MustParseAddr("198.18.0.1")
+	simNet     = "198.18.0.0/15"
+)
+
+// simAddr is the gossip address of simulated member i: 198.18.1.0 + i.
+func simAddr(i int) netip.Addr {
+	return netip.AddrFrom4([4]byte{198, 18, byte(1 + i/256), byte(i % 256)})
+}
+
+// simRecord is member i's node record: one /26 block from 10.33.0.0/16.
+func simRecord(i int) cluster.Node {
+	t := netip.AddrFrom4([4]byte{10, 33, byte(i * 64 / 256), byte(i * 64 % 256)})
+	return cluster.Node{
+		Name: fmt.Sprintf("sim%04d", i), Underlay: simAddr(i),
+		VTEPMAC: fmt.Sprintf("02:5e:00:00:%02x:%02x", i/256, i%256),
+		Tunnel:  t, Blocks: []netip.Prefix{netip.PrefixFrom(t, 26)}, Version: "sim",
+	}
+}
+
+// SimMembers runs n gossip members in this process, each a real cluster.Cluster (weft's
+// delegate, memberlist's UDP/TCP transport, the cluster key in keyFile) on its own
+// address 198.18.1.0+i, all joined through member 0. It writes "ready" to ready once all
+// have joined and runs until ctx ends. It must run inside a namespace where those
+// addresses are local (the harness routes 198.18.0.0/15 to lo).
+func SimMembers(ctx context.Context, n int, keyFile string, ready io.Writer) error {
+	key, err := cluster.LoadKey(keyFile)
+	if err != nil {
+		return err
+	}
+	var members []*cluster.Cluster
+	defer func() {
+		for _, m := range members {
+			_ = m.Shutdown()
+		}
+	}()
+	for i := range n {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		c, err := cluster.Start(cluster.Config{Self: simRecord(i), BindAddr: simAddr(i), Key: key, LogOutput: io.Discard})
+		if err != nil {
+			return fmt.Errorf("member %d: %w", i, err)
+		}
+		members = append(members, c)
+		// Join through a few earlier members, so no single one serves every join.
+		var err2 error
+		for try := 0; i > 0 && try < 5; try++ {
+			peers := []string{simAddr(0).String(), simAddr(rand.IntN(i)).String()}
+			if _, err2 = c.Join(peers); err2 == nil {
+				break
+			}
+			time.Sleep(time.Second)
+		}
+		if err2 != nil {
+			return fmt.Errorf("member %d joining: %w", i, err2)
+		}
+		if (i+1)%50 == 0 {
+			fmt.Fprintf(os.Stderr, "%s simulated members: %d joined\n", time.Now().Format("15:04:05"), i+1)
+		}
+	}
+	fmt.Fprintln(ready, "ready")
+	<-ctx.Done()
+	return nil
+}
+
+// simControlPlane is item 4 at scale: one real `weft agent` (its real dataplane in a
+// namespace of its own) in a cluster of simulated members, at 100 and 1,000 members.
+func simControlPlane(ctx context.Context, o Options, r *Report) error {
+	// 1,000 members do not bootstrap in one process on a small machine (every join is an
+	// epidemic broadcast to every member, so bootstrap work grows with members squared):
+	// measure at 100 and 300 and project to 1,000 along the line through them.
+	sizes := []int{100, 300}
+	const target = 1000
+	settle, window := 20*time.Second, 30*time.Second
+	if o.Quick {
+		sizes, settle, window = []int{100}, 20*time.Second, 10*time.Second
+	}
+	if len(o.SimSizes) > 0 {
+		sizes = o.SimSizes
+	}
+	var pts []point
+	for _, n := range sizes {
+		p, err := simRun(ctx, o, r, n, settle, window)
+		if err != nil {
+			return fmt.Errorf("%d members: %w", n, err)
+		}
+		pts = append(pts, p)
+	}
+	it := "4 control plane"
+	if len(pts) < 2 {
+		return nil
+	}
+	a, b := pts[0], pts[len(pts)-1]
+	na, nb := float64(sizes[0]), float64(sizes[len(sizes)-1])
+	if nb >= target {
+		g := fmt.Sprintf("%d -> %d members (x%d)", sizes[0], sizes[len(sizes)-1], sizes[len(sizes)-1]/sizes[0])
+		r.add(goalMax(Figure{Item: it, Name: fmt.Sprintf("agent RSS at %d members", sizes[len(sizes)-1]), Unit: "MB", Value: one(b.rss)}, 40))
+		r.add(goalMax(Figure{Item: it, Name: fmt.Sprintf("gossip in+out per node at %d members", sizes[len(sizes)-1]), Unit: "KB/s", Value: one(b.kbps)}, 20))
+		r.add(Figure{Item: it, Name: "growth of agent RSS, " + g, Unit: "x", Value: one(b.rss / a.rss)})
+		r.add(Figure{Item: it, Name: "growth of agent CPU, " + g, Unit: "x", Value: one(b.cpu / a.cpu)})
+		r.add(Figure{Item: it, Name: "growth of gossip per node, " + g, Unit: "x", Value: one(b.kbps / a.kbps)})
+		return nil
+	}
+	proj := func(ya, yb float64) float64 { return ya + (yb-ya)/(nb-na)*(target-na) }
+	note := fmt.Sprintf("PROJECTED: the line through %d and %d members, extended to %d", sizes[0], sizes[len(sizes)-1], target)
+	p := point{rss: proj(a.rss, b.rss), cpu: proj(a.cpu, b.cpu), kbps: proj(a.kbps, b.kbps)}
+	r.add(goalMax(Figure{Item: it, Name: fmt.Sprintf("agent RSS at %d members (projected)", target), Unit: "MB", Value: one(p.rss), Note: note}, 40))
+	r.add(Figure{Item: it, Name: fmt.Sprintf("agent CPU at %d members (projected)", target), Unit: "% of a core", Value: one(p.cpu), Note: note})
+	r.add(goalMax(Figure{Item: it, Name: fmt.Sprintf("gossip in+out per node at %d members (projected)", target), Unit: "KB/s", Value: one(p.kbps), Note: note}, 20))
+	g := fmt.Sprintf("%d -> %d members (x%d)", sizes[0], target, target/sizes[0])
+	r.add(Figure{Item: it, Name: "growth of agent RSS, " + g, Unit: "x", Value: one(p.rss / a.rss), Note: "projected"})
+	r.add(Figure{Item: it, Name: "growth of agent CPU, " + g, Unit: "x", Value: one(p.cpu / a.cpu), Note: "projected"})
+	r.add(Figure{Item: it, Name: "growth of gossip per node, " + g, Unit: "x", Value: one(p.kbps / a.kbps), Note: "projected"})
+	return nil
+}
+
+type point struct{ rss, cpu, kbps float64 }
+
+func simRun(ctx context.Context, o Options, r *Report, n int, settle, window time.Duration) (p point, err error) {
+	e := newEnv()
+	defer func() {
+		if cerr := e.close(); cerr != nil && err == nil {
+			err = cerr
+		}
+	}()
+	nsName, err := e.newNS(fmt.Sprintf("sim%d", n))
+	if err != nil {
+		return p, err
+	}
+	// The agent's "underlay": eth0 (one end of a veth pair that stays inside the
+	// namespace) with the agent's address; every address of the
+	// /15 is local (routed to lo), so the simulated members can bind theirs.
+	err = inHandle(nsName, func(h *netlink.Handle) error {
+		if err := h.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "eth0", MTU: 1500}, PeerName: "eth0-peer"}); err != nil {
+			return err
+		}
+		for _, name := range []string{"eth0-peer", "eth0"} {
+			l, err := h.LinkByName(name)
+			if err != nil {
+				return err
+			}
+			if err := h.LinkSetUp(l); err != nil {
+				return err
+			}
+		}
+		d, err := h.LinkByName("eth0")
+		if err != nil {
+			return err
+		}
+		if err := h.AddrAdd(d, &netlink.Addr{IPNet: ipnet(simAgentIP.String() + "/15")}); err != nil {
+			return err
+		}
+		lo, err := h.LinkByName("lo")
+		if err != nil {
+			return err
+		}
+		_, dst, _ := net.ParseCIDR(simNet)
+		return h.RouteAdd(&netlink.Route{LinkIndex: lo.Attrs().Index, Dst: dst, Type: 2 /* RTN_LOCAL */, Table: 255, Scope: netlink.SCOPE_HOST})
+	})
+	if err != nil {
+		return p, fmt.Errorf("setting up %s: %w", nsName, err)
+	}
+	dir, err := os.MkdirTemp("", "wbench-sim-")
+	if err != nil {
+		return p, err
+	}
+	defer os.RemoveAll(dir)
+	key := make([]byte, 32)
+	for i := range key {
+		key[i] = byte(i*7 + n)
+	}
+	keyFile := filepath.Join(dir, "gossip.key")
+	if err := os.WriteFile(keyFile, []byte(hex.EncodeToString(key)), 0o600); err != nil {
+		return p, err
+	}
+
+	self, err := os.Executable()
+	if err != nil {
+		return p, err
+	}
+	sim := exec.Command(self, SimFlag, strconv.Itoa(n-1), "-sim-key", keyFile)
+	out, err := sim.StdoutPipe()
+	if err != nil {
+		return p, err
+	}
+	sim.Stderr = os.Stderr
+	t := time.Now()
+	if err := e.start(nsName, sim); err != nil {
+		return p, err
+	}
+	readyc := make(chan error, 1)
+	go func() {
+		line, err := bufio.NewReader(out).ReadString('\n')
+		if err == nil && line != "ready\n" {
+			err = fmt.Errorf("simulator said %q", line)
+		}
+		readyc <- err
+		_, _ = io.Copy(io.Discard, out)
+	}()
+	select {
+	case err := <-readyc:
+		if err != nil {
+			return p, fmt.Errorf("simulated members: %w", err)
+		}
+	case <-time.After(10 * time.Minute):
+		return p, fmt.Errorf("%d simulated members not joined after 10 minutes", n-1)
+	case <-ctx.Done():
+		return p, ctx.Err()
+	}
+	progress(o, "control plane: %d simulated members joined in %s", n-1, time.Since(t).Round(time.Second))
+
+	sock := filepath.Join(dir, "weft.sock")
+	logf, err := os.Create(filepath.Join(dir, "agent.log"))
+	if err != nil {
+		return p, err
+	}
+	defer logf.Close()
+	agent := exec.Command(o.WeftBin, "agent", "--node-name", "agent", "--underlay-ip", simAgentIP.String(),
+		"--peers", simAddr(0).String(), "--socket", sock, "--state-dir", filepath.Join(dir, "state"),
+		"--claims-dir", filepath.Join(dir, "claims"), "--gossip-key-file", keyFile, "--http-addr", "")
+	agent.Stdout, agent.Stderr = logf, logf
+	t = time.Now()
+	if err := e.start(nsName, agent); err != nil {
+		return p, err
+	}
+	// Joined when the agent sees every member alive and its kernel has their routes.
+	client := api.NewClient(sock, 5*time.Second)
+	deadline := time.Now().Add(5 * time.Minute)
+	for {
+		s, err := client.Status(ctx)
+		alive := 0
+		if err == nil {
+			for _, pe := range s.Peers {
+				if pe.State == "alive" {
+					alive++
+				}
+			}
+		}
+		if alive == n-1 {
+			if k, err := countKernel(nsName); err == nil && k.weftRoutes >= n-1 {
+				break
+			}
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return p, fmt.Errorf("the agent sees %d of %d members alive after 5 minutes (last error %v); see its log", alive, n-1, err)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	progress(o, "control plane: the agent converged with %d members in %s; settling %s, measuring %s", n-1, time.Since(t).Round(time.Second), settle, window)
+	select {
+	case <-time.After(settle):
+	case <-ctx.Done():
+		return p, ctx.Err()
+	}
+	loBytes := func() (uint64, error) {
+		var b uint64
+		err := inHandle(nsName, func(h *netlink.Handle) error {
+			lo, err := h.LinkByName("lo")
+			if err != nil {
+				return err
+			}
+			b = lo.Attrs().Statistics.TxBytes
+			return nil
+		})
+		return b, err
+	}
+	b0, err := loBytes()
+	if err != nil {
+		return p, err
+	}
+	a0, s0, t0 := procCPU(agent.Process.Pid), procCPU(sim.Process.Pid), time.Now()
+	select {
+	case <-time.After(window):
+	case <-ctx.Done():
+		return p, ctx.Err()
+	}
+	b1, err := loBytes()
+	if err != nil {
+		return p, err
+	}
+	secs := time.Since(t0).Seconds()
+	a1, s1 := procCPU(agent.Process.Pid), procCPU(sim.Process.Pid)
+	p.rss = float64(procRSS(agent.Process.Pid)) / (1 << 20)
+	p.cpu = 100 * (a1 - a0) / secs
+	// Every gossip byte crosses lo once (counted as sent there): per node, in + out is
+	// twice the total over the number of members.
+	p.kbps = 2 * float64(b1-b0) / float64(n) / secs / 1024
+	simCPU := 100 * (s1 - s0) / secs / float64(n-1)
+	k, err := countKernel(nsName)
+	if err != nil {
+		return p, err
+	}
+	it := "4 control plane"
+	note := fmt.Sprintf("1 real agent + %d simulated members (real delegate, encrypted UDP/TCP on local addresses), idle, %s window", n-1, window)
+	r.add(Figure{Item: it, Name: fmt.Sprintf("agent RSS at %d members", n), Unit: "MB", Value: one(p.rss), Note: note + "; " + rssSplit(agent.Process.Pid)})
+	r.add(Figure{Item: it, Name: fmt.Sprintf("agent CPU at %d members", n), Unit: "% of a core", Value: one(p.cpu), Note: fmt.Sprintf("a simulated member: %.2f%%", simCPU)})
+	r.add(Figure{Item: it, Name: fmt.Sprintf("gossip in+out per node at %d members", n), Unit: "KB/s", Value: one(p.kbps), Note: "average over members: 2 x lo bytes / members"})
+	r.add(Figure{Item: "5 kernel state", Name: fmt.Sprintf("%d nodes (simulated peers): weft entries on the agent's node", n), Value: one(float64(k.weft())),
+		Note: fmt.Sprintf("%d routes, %d FDB, %d neigh = %.2f per remote node", k.weftRoutes, k.fdb, k.neigh, float64(k.weft())/float64(n-1))})
+	return p, nil
+}
