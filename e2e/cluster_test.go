@@ -134,6 +134,12 @@ func (s *suite) installWeft(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("FIGURE time from kubectl apply to DaemonSet DESIRED=CURRENT=READY=%d: %s", n, time.Since(applied).Round(100*time.Millisecond))
+	// What a user sees after the install (the README quotes it).
+	for _, args := range [][]string{{"get", "ds", "-n", "kube-system"}, {"get", "nodes"}} {
+		if out, err := c.Kubectl(args...); err == nil {
+			t.Logf("$ kubectl %s\n%s", strings.Join(args, " "), out)
+		}
+	}
 	for _, nd := range mustNodes(t, c) {
 		if cond := nd.Condition("NetworkUnavailable"); cond.Status != "False" {
 			t.Errorf("%s: NetworkUnavailable=%s (%s), want False", nd.Metadata.Name, cond.Status, cond.Reason)

@@ -84,7 +84,7 @@ func (p *planner) addrs() (adds, dels []Op) {
 }
 
 // routes: a link route per local block, a route via the peer's tunnel address per remote
-// block. Keyed by destination; the first claim of a destination wins (local blocks, then
+// block, adjacent blocks of one peer merged (see Aggregate). Keyed by destination; the first claim of a destination wins (local blocks, then
 // peers by name), though Reconcile leaves contested blocks out before it comes to that.
 func (p *planner) routes() (sets, dels []Op) {
 	var want []Route
@@ -99,7 +99,7 @@ func (p *planner) routes() (sets, dels []Op) {
 		claim(Route{Dst: b, Dev: p.d.Bridge.Name, Scope: ScopeLink, Src: p.d.Bridge.Gateway})
 	}
 	for _, peer := range p.peers {
-		for _, b := range sortedPrefixes(peer.Blocks) {
+		for _, b := range Aggregate(peer.Blocks) {
 			claim(Route{Dst: b, Gw: peer.TunnelIP, Dev: p.d.VXLAN.Name, OnLink: true})
 		}
 	}
@@ -290,6 +290,40 @@ func comparePrefix(a, b netip.Prefix) int {
 func compareRoute(a, b Route) int {
 	return cmp.Or(comparePrefix(a.Dst, b.Dst), cmp.Compare(a.Metric, b.Metric),
 		cmp.Compare(a.Dev, b.Dev), a.Gw.Compare(b.Gw), a.Src.Compare(b.Src))
+}
+
+// Aggregate returns the fewest prefixes covering exactly ps: sorted, duplicates and
+// prefixes inside others dropped, and two halves of an aligned prefix merged into it,
+// repeatedly. IPAM claims a node's blocks next to each other, so a node with 4 blocks
+// usually gets one route on its peers instead of 4.
+func Aggregate(ps []netip.Prefix) []netip.Prefix {
+	out := sortedPrefixes(ps)
+	for {
+		merged := out[:0:0]
+		changed := false
+		for i := 0; i < len(out); i++ {
+			p := out[i]
+			if len(merged) > 0 && merged[len(merged)-1].Overlaps(p) {
+				changed = true // inside the previous (sorted by address, wider first)
+				continue
+			}
+			if i+1 < len(out) && p.Bits() > 0 && p.Bits() == out[i+1].Bits() {
+				parent := netip.PrefixFrom(p.Addr(), p.Bits()-1).Masked()
+				other := out[i+1]
+				if parent.Addr() == p.Addr() && other.Addr() != p.Addr() && parent.Contains(other.Addr()) {
+					merged = append(merged, parent)
+					i++
+					changed = true
+					continue
+				}
+			}
+			merged = append(merged, p)
+		}
+		out = merged
+		if !changed {
+			return out
+		}
+	}
 }
 
 func sortedPrefixes(ps []netip.Prefix) []netip.Prefix {

@@ -519,3 +519,31 @@ func BenchmarkPlan1000Peers(b *testing.B) {
 		_ = Plan(d, o)
 	}
 }
+
+func TestAggregate(t *testing.T) {
+	for _, tc := range []struct {
+		in, want string
+	}{
+		{"", ""},
+		{"10.32.0.0/26", "10.32.0.0/26"},
+		{"10.32.0.64/26 10.32.0.0/26", "10.32.0.0/25"},
+		{"10.32.0.0/26 10.32.0.64/26 10.32.0.128/26 10.32.0.192/26", "10.32.0.0/24"},
+		{"10.32.0.0/26 10.32.0.64/26 10.32.0.128/26", "10.32.0.0/25 10.32.0.128/26"},
+		{"10.32.0.64/26 10.32.0.128/26", "10.32.0.64/26 10.32.0.128/26"}, // adjacent, not one aligned prefix
+		{"10.32.0.0/26 10.32.0.0/26", "10.32.0.0/26"},
+		{"10.32.0.0/24 10.32.0.64/26", "10.32.0.0/24"},
+		{"10.32.0.0/26 10.32.1.0/26", "10.32.0.0/26 10.32.1.0/26"},
+	} {
+		var in []netip.Prefix
+		for _, f := range strings.Fields(tc.in) {
+			in = append(in, netip.MustParsePrefix(f))
+		}
+		var got []string
+		for _, p := range Aggregate(in) {
+			got = append(got, p.String())
+		}
+		if strings.Join(got, " ") != tc.want {
+			t.Errorf("Aggregate(%s) = %v, want %s", tc.in, got, tc.want)
+		}
+	}
+}

@@ -2,7 +2,6 @@ package health
 
 import (
 	"bytes"
-	"slices"
 
 	"github.com/weftnet/weft/internal/api"
 	"github.com/weftnet/weft/internal/dataplane"
@@ -23,7 +22,7 @@ func KernelDiff(d dataplane.Desired, o dataplane.Observed) KernelReport {
 	r := KernelReport{PeerMissing: map[string][]string{}}
 	r.Status.Expected = len(d.Bridge.Blocks)
 	for _, p := range d.Peers {
-		r.Status.Expected += len(p.Blocks) + 2 // routes, neighbour, FDB
+		r.Status.Expected += len(dataplane.Aggregate(p.Blocks)) + 2 // routes, neighbour, FDB
 	}
 	owner := func(match func(p dataplane.Peer) bool) string {
 		for _, p := range d.Peers {
@@ -49,7 +48,7 @@ func KernelDiff(d dataplane.Desired, o dataplane.Observed) KernelReport {
 				rt = op.(dataplane.RouteReplace).Route
 			}
 			missing(owner(func(p dataplane.Peer) bool {
-				return rt.Gw.IsValid() && p.TunnelIP == rt.Gw && slices.Contains(p.Blocks, rt.Dst)
+				return rt.Gw.IsValid() && p.TunnelIP == rt.Gw // a route may cover several blocks
 			}), "route "+rt.String())
 		case dataplane.NeighSet:
 			ip := op.Neigh.IP

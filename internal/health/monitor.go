@@ -33,7 +33,7 @@ type Config struct {
 	// tick, spread over the interval; with more peers than Interval/MinTick the round
 	// gets longer instead of the rate higher.
 	Interval time.Duration
-	MinTick  time.Duration // default 100ms: at most 10 peers (40 probes) a second
+	MinTick  time.Duration // default 250ms: at most 4 peers (16 probes) a second, whatever the cluster size
 	Timeout  time.Duration // per probe, default 1s
 	// Targets lists the peers (every member gossip knows; dead ones are not probed).
 	Targets func() []Target
@@ -41,7 +41,7 @@ type Config struct {
 	UnderlayMTU func() int
 	OverlayMTU  func() int
 	// Kernel, if set, compares wanted and present kernel entries; it runs every
-	// KernelEvery (default 1s) — faster than the reconciler, so a deleted route is seen.
+	// KernelEvery (default 2s) — faster than the reconciler (5s), so a deleted route is seen.
 	Kernel      func() KernelReport
 	KernelEvery time.Duration
 }
@@ -69,9 +69,9 @@ var pathNames = [4]string{PathUnderlay, PathUnderlayLarge, PathOverlay, PathOver
 func NewMonitor(cfg Config) *Monitor {
 	cfg.Port = cmp.Or(cfg.Port, DefaultPort)
 	cfg.Interval = cmp.Or(cfg.Interval, 2*time.Second)
-	cfg.MinTick = cmp.Or(cfg.MinTick, 100*time.Millisecond)
+	cfg.MinTick = cmp.Or(cfg.MinTick, 250*time.Millisecond)
 	cfg.Timeout = cmp.Or(cfg.Timeout, time.Second)
-	cfg.KernelEvery = cmp.Or(cfg.KernelEvery, time.Second)
+	cfg.KernelEvery = cmp.Or(cfg.KernelEvery, 2*time.Second)
 	return &Monitor{cfg: cfg, peers: map[string]*peerState{}}
 }
 

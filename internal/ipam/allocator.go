@@ -477,9 +477,29 @@ func lastAddr(p netip.Prefix) netip.Addr {
 	return netip.AddrFrom4([4]byte{byte(n >> 24), byte(n >> 16), byte(n >> 8), byte(n)})
 }
 
-// claimBlock claims the first free block, searching from a start point derived from the
-// node name so that nodes spread over the CIDR and rarely race for the same block.
+// claimBlock claims a free block (see claimFree) and adds it to the node's blocks. Called
+// with a.mu held.
 func (a *Allocator) claimBlock(ctx context.Context) (netip.Prefix, error) {
+	blk, err := a.claimFree(ctx, a.blocks)
+	if err != nil {
+		return netip.Prefix{}, err
+	}
+	a.blocks = append(a.blocks, blk)
+	if err := a.persist(); err != nil {
+		a.blocks = a.blocks[:len(a.blocks)-1]
+		_ = a.cfg.Store.Release(ctx, blk, a.cfg.Node)
+		return netip.Prefix{}, err
+	}
+	return blk, nil
+}
+
+// claimFree claims a block that neither the store nor owned lists. It tries the blocks
+// next to the owned ones first, in the aligned hierarchy — a block's buddy, then the rest
+// of its aligned group of 4, 8, ... up to 64 blocks — so that a node's blocks aggregate
+// into few routes on every other node (the dataplane merges adjacent blocks). A node's
+// first block starts from a point derived from its name, so nodes spread over the CIDR and
+// rarely race for the same block.
+func (a *Allocator) claimFree(ctx context.Context, owned []netip.Prefix) (netip.Prefix, error) {
 	claims, err := a.cfg.Store.List(ctx)
 	if err != nil {
 		return netip.Prefix{}, fmt.Errorf("listing block claims: %w", err)
@@ -488,12 +508,16 @@ func (a *Allocator) claimBlock(ctx context.Context) (netip.Prefix, error) {
 	h := fnv.New32a()
 	h.Write([]byte(a.cfg.Node))
 	start := int(h.Sum32() % uint32(n))
-	if len(a.blocks) > 0 {
-		start = a.blockIndex(a.blocks[len(a.blocks)-1]) + 1
+	if len(owned) > 0 {
+		start = a.blockIndex(owned[len(owned)-1]) + 1
 	}
+	order := a.nearby(owned, n)
 	for i := range n {
-		blk := a.blockAt((start + i) % n)
-		if _, taken := claims[blk]; taken {
+		order = append(order, (start+i)%n)
+	}
+	for _, i := range order {
+		blk := a.blockAt(i)
+		if _, taken := claims[blk]; taken || slices.Contains(owned, blk) {
 			continue
 		}
 		err := a.cfg.Store.Claim(ctx, blk, a.cfg.Node)
@@ -503,15 +527,28 @@ func (a *Allocator) claimBlock(ctx context.Context) (netip.Prefix, error) {
 		if err != nil {
 			return netip.Prefix{}, err
 		}
-		a.blocks = append(a.blocks, blk)
-		if err := a.persist(); err != nil {
-			a.blocks = a.blocks[:len(a.blocks)-1]
-			_ = a.cfg.Store.Release(ctx, blk, a.cfg.Node)
-			return netip.Prefix{}, err
-		}
 		return blk, nil
 	}
 	return netip.Prefix{}, fmt.Errorf("%w (%s holds %d blocks of /%d): widen --cluster-cidr or use smaller blocks", ErrExhausted, a.cfg.ClusterCIDR, n, a.cfg.BlockBits)
+}
+
+// nearby lists block indexes in the aligned groups of 2, 4, ... 64 blocks around the owned
+// blocks, smallest group first.
+func (a *Allocator) nearby(owned []netip.Prefix, n int) []int {
+	var out []int
+	seen := map[int]bool{}
+	for size := 2; size <= min(n, 64); size <<= 1 {
+		for _, b := range owned {
+			base := a.blockIndex(b) &^ (size - 1)
+			for j := base; j < base+size; j++ {
+				if !seen[j] {
+					seen[j] = true
+					out = append(out, j)
+				}
+			}
+		}
+	}
+	return out
 }
 
 func (a *Allocator) blockAt(i int) netip.Prefix {

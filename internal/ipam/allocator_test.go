@@ -322,3 +322,26 @@ func TestRestartWhileStoreDown(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 }
+
+// A node that outgrows its home block takes the block beside it, so its peers can route
+// both with one /25 (and 4 blocks with one /24).
+func TestGrowsIntoBuddyBlocks(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	a := newAlloc(t, FileStore{Dir: filepath.Join(dir, "claims")}, dir, "n1", "10.32.0.0/16", 26)
+	for i := range 4*62 - 1 { // fills four /26 blocks (the home block has the gateway)
+		if _, err := a.Allocate(ctx, key(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	blocks := a.Blocks()
+	if len(blocks) != 4 {
+		t.Fatalf("blocks %v, want 4", blocks)
+	}
+	group := netip.PrefixFrom(blocks[0].Addr(), 24).Masked()
+	for _, b := range blocks {
+		if !group.Contains(b.Addr()) {
+			t.Fatalf("blocks %v do not fill one aligned /24 (%s)", blocks, group)
+		}
+	}
+}

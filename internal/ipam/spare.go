@@ -2,11 +2,7 @@ package ipam
 
 import (
 	"context"
-	"errors"
-	"fmt"
-	"hash/fnv"
 	"log/slog"
-	"net/netip"
 	"slices"
 	"time"
 )
@@ -123,35 +119,4 @@ func (a *Allocator) topUp(ctx context.Context) error {
 		a.mu.Unlock()
 		a.notifyIf(&changed)
 	}
-}
-
-// claimFree claims a block that neither the store nor owned lists, searching after the
-// last owned block (or from the node's hash-derived start point).
-func (a *Allocator) claimFree(ctx context.Context, owned []netip.Prefix) (netip.Prefix, error) {
-	claims, err := a.cfg.Store.List(ctx)
-	if err != nil {
-		return netip.Prefix{}, fmt.Errorf("listing block claims: %w", err)
-	}
-	n := 1 << (a.cfg.BlockBits - a.cfg.ClusterCIDR.Bits())
-	h := fnv.New32a()
-	h.Write([]byte(a.cfg.Node))
-	start := int(h.Sum32() % uint32(n))
-	if len(owned) > 0 {
-		start = a.blockIndex(owned[len(owned)-1]) + 1
-	}
-	for i := range n {
-		blk := a.blockAt((start + i) % n)
-		if _, taken := claims[blk]; taken || slices.Contains(owned, blk) {
-			continue
-		}
-		err := a.cfg.Store.Claim(ctx, blk, a.cfg.Node)
-		if errors.Is(err, ErrClaimed) {
-			continue
-		}
-		if err != nil {
-			return netip.Prefix{}, err
-		}
-		return blk, nil
-	}
-	return netip.Prefix{}, fmt.Errorf("no spare block: %w (%s holds %d blocks of /%d): widen --cluster-cidr or use smaller blocks", ErrExhausted, a.cfg.ClusterCIDR, n, a.cfg.BlockBits)
 }

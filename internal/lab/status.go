@@ -152,13 +152,24 @@ func (l *Lab) unsettled(ctx context.Context) string {
 						return fmt.Sprintf("%s: %v", s.Node, err)
 					}
 				}
-				if !routes[b] {
+				if !covered(routes, b) {
 					return fmt.Sprintf("%s has no route for block %s of %s on %s yet", s.Node, b, o.Node, dataplane.VXLANName)
 				}
 			}
 		}
 	}
 	return ""
+}
+
+// covered reports whether one of the routes covers block b (adjacent blocks of a node are
+// routed as one prefix).
+func covered(routes map[netip.Prefix]bool, b netip.Prefix) bool {
+	for r := range routes {
+		if r.Bits() <= b.Bits() && r.Contains(b.Addr()) {
+			return true
+		}
+	}
+	return false
 }
 
 // vxlanRoutes returns the destinations of weft's routes on the VXLAN device in a node.
