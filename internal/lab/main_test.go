@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -14,6 +13,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/weftnet/weft/internal/testutil"
 )
 
 // realBins are the weft and weft-cni binaries TestMain builds for the end-to-end tests.
@@ -28,29 +29,13 @@ func TestMain(m *testing.M) {
 	}
 	code := func() int {
 		if os.Geteuid() == 0 {
-			dir, err := os.MkdirTemp("", "weft-lab-bins-")
-			if err != nil {
-				fmt.Fprintln(os.Stderr, err)
-				return 1
-			}
-			defer os.RemoveAll(dir)
-			realBins.dir, realBins.weft = dir, filepath.Join(dir, "weft")
-			realBins.err = buildBins(dir)
+			dir, cleanup, err := testutil.Binaries("weft-lab-bins-")
+			defer cleanup()
+			realBins.dir, realBins.weft, realBins.err = dir, filepath.Join(dir, "weft"), err
 		}
 		return m.Run()
 	}()
 	os.Exit(code)
-}
-
-func buildBins(dir string) error {
-	for _, b := range []string{"weft", "weft-cni"} {
-		cmd := exec.Command("go", "build", "-o", filepath.Join(dir, b), "github.com/weftnet/weft/cmd/"+b)
-		out, err := cmd.CombinedOutput()
-		if err != nil {
-			return fmt.Errorf("go build ./cmd/%s: %w\n%s", b, err, out)
-		}
-	}
-	return nil
 }
 
 // requireBins fails (not skips) the test when the real binaries did not build: the

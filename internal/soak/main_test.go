@@ -17,7 +17,6 @@ import (
 
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
-
 	"github.com/weftnet/weft/internal/lab"
 	"github.com/weftnet/weft/internal/testutil"
 )
@@ -33,32 +32,14 @@ func TestMain(m *testing.M) {
 		os.Exit(code)
 	}
 	code := func() int {
-		if d := os.Getenv("WEFT_BIN_DIR"); d != "" && os.Geteuid() == 0 {
-			// `make soak` passes the binaries it has just built.
-			bins.dir, bins.weft = d, filepath.Join(d, "weft")
-		} else if os.Geteuid() == 0 {
-			dir, err := os.MkdirTemp("", "weft-soak-bins-")
-			if err != nil {
-				fmt.Fprintln(os.Stderr, err)
-				return 1
-			}
-			defer os.RemoveAll(dir)
-			bins.dir, bins.weft = dir, filepath.Join(dir, "weft")
-			bins.err = buildBins(dir)
+		if os.Geteuid() == 0 {
+			dir, cleanup, err := testutil.Binaries("weft-soak-bins-")
+			defer cleanup()
+			bins.dir, bins.weft, bins.err = dir, filepath.Join(dir, "weft"), err
 		}
 		return m.Run()
 	}()
 	os.Exit(code)
-}
-
-func buildBins(dir string) error {
-	for _, b := range []string{"weft", "weft-cni"} {
-		out, err := exec.Command("go", "build", "-o", filepath.Join(dir, b), "github.com/weftnet/weft/cmd/"+b).CombinedOutput()
-		if err != nil {
-			return fmt.Errorf("go build ./cmd/%s: %w\n%s", b, err, out)
-		}
-	}
-	return nil
 }
 
 // soak reports whether the full-size runs are wanted (`make soak`).

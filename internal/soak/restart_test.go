@@ -81,7 +81,7 @@ func TestHitlessRestart(t *testing.T) {
 			t.Logf("FIGURE restart %s x%d: UDP %d sent, %d lost, %d duplicated, %d send errors; TCP %d bytes, max stall %s; stop %s, start+settle %s per round",
 				sig, rounds, sent, lost, dups, serr, got, gap.Round(time.Millisecond), (down / time.Duration(rounds)).Round(time.Millisecond), (restart / time.Duration(rounds)).Round(time.Millisecond))
 			if lost != 0 || serr != 0 {
-				t.Errorf("UDP: %d of %d datagrams lost (%d send errors) across the restarts, want 0; missing:%s", lost, sent, serr, udp.gaps())
+				t.Errorf("UDP: %d of %d datagrams lost (%d send errors, first: %v) across the restarts, want 0; missing:%s", lost, sent, serr, udp.firstErr.Load(), udp.gaps())
 			}
 			if terr != nil {
 				t.Errorf("TCP stream broke: %v", terr)

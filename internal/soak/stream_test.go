@@ -28,12 +28,14 @@ type udpStream struct {
 	stop     chan struct{}
 	wg       sync.WaitGroup
 	sendErrs atomic.Uint64
+	firstErr atomic.Value  // string: the first send error, with its time
+	sendDone chan struct{} // closed when the sender has stopped
 }
 
 const streamPort = 7777
 
 func startUDP(fromNS, toNS string, to netip.Addr, rate int) (*udpStream, error) {
-	s := &udpStream{interval: time.Second / time.Duration(rate), seen: map[uint64]bool{}, stop: make(chan struct{})}
+	s := &udpStream{interval: time.Second / time.Duration(rate), seen: map[uint64]bool{}, stop: make(chan struct{}), sendDone: make(chan struct{})}
 	err := inNS(toNS, func() (err error) {
 		s.recv, err = net.ListenUDP("udp4", &net.UDPAddr{Port: streamPort})
 		return err
@@ -69,6 +71,7 @@ func startUDP(fromNS, toNS string, to netip.Addr, rate int) (*udpStream, error) 
 		}
 	})
 	s.wg.Go(func() {
+		defer close(s.sendDone)
 		t := time.NewTicker(s.interval)
 		defer t.Stop()
 		buf := make([]byte, 64)
@@ -82,7 +85,9 @@ func startUDP(fromNS, toNS string, to netip.Addr, rate int) (*udpStream, error) 
 			// Count the datagram as sent even if the kernel refused it: that is a loss.
 			s.sent.Add(1)
 			if _, err := s.send.Write(buf); err != nil {
-				s.sendErrs.Add(1)
+				if s.sendErrs.Add(1) == 1 {
+					s.firstErr.Store(fmt.Sprintf("seq %d at %s: %v", seq, time.Now().Format("15:04:05.000"), err))
+				}
 			}
 		}
 	})
@@ -92,6 +97,7 @@ func startUDP(fromNS, toNS string, to netip.Addr, rate int) (*udpStream, error) 
 // finish stops sending, waits up to a second for stragglers and returns the figures.
 func (s *udpStream) finish() (sent, lost, dups int, sendErrs uint64) {
 	close(s.stop)
+	<-s.sendDone // a tick that raced the stop may still be sending: let it finish
 	deadline := time.Now().Add(2 * time.Second)
 	for time.Now().Before(deadline) {
 		s.mu.Lock()
