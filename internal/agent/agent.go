@@ -115,7 +115,11 @@ func Run(ctx context.Context, cfg Config) error {
 			}
 		})
 	}
-	wg.Go(func() { a.joinLoop(ctx) })
+	// Not waited for: memberlist's Join cannot be cancelled and dials each missing peer
+	// with a 10 s timeout, so behind a partition it would hold up shutdown for 10 s per
+	// unreachable peer (past a kubelet's grace period). It ends with ctx at its next turn;
+	// a join in flight fails once the memberlist is shut down.
+	go a.joinLoop(ctx)
 	a.startObserve(ctx, &wg, fail)
 	wg.Go(func() { a.watchDiscovery(ctx) })
 	a.reconcileLoop(ctx)

@@ -232,3 +232,24 @@ func TestHTTPAddrInUseFailsRun(t *testing.T) {
 		t.Fatalf("Run with a taken HTTP address = %v (ctx %v), want a prompt error", err, ctx.Err())
 	}
 }
+
+// A join that hangs (the peer's SYNs are dropped, as behind a partition) must not hold up
+// shutdown: the kubelet kills an agent that outlives its grace period.
+func TestShutdownDoesNotWaitForJoin(t *testing.T) {
+	// A listener that never accepts: TCP connects succeed into the backlog, and memberlist's
+	// push/pull then waits for an answer until its 10 s timeout.
+	l, err := net.Listen("tcp", "127.0.0.2:0") // not the agent's own 127.0.0.1, which it skips
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	a := startAgent(t, t.TempDir(), &dataplane.FakeKernel{}, l.Addr().String())
+	time.Sleep(300 * time.Millisecond) // the join loop is now stuck in Join
+	start := time.Now()
+	if err := a.stop(); err != nil {
+		t.Fatal(err)
+	}
+	if took := time.Since(start); took > 5*time.Second {
+		t.Fatalf("shutdown took %s with a join in flight, want well under the 10 s join timeout", took)
+	}
+}
