@@ -2,11 +2,12 @@ package agent
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"net/http"
 	"time"
+
+	"github.com/weftnet/weft/internal/api"
 )
 
 // DefaultHTTPAddr is where the agent serves health probes (and, as they are added,
@@ -46,15 +47,5 @@ func (a *Agent) serveHTTP(ctx context.Context, addr string) error {
 	if err != nil {
 		return fmt.Errorf("listening on %s for health and metrics: %w (choose another --http-addr, or \"\" to disable)", addr, err)
 	}
-	srv := &http.Server{Handler: a.httpMux(), ReadHeaderTimeout: 5 * time.Second}
-	go func() {
-		<-ctx.Done()
-		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
-		_ = srv.Shutdown(sctx)
-	}()
-	if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
-		return err
-	}
-	return nil
+	return api.Serve(ctx, l, a.httpMux())
 }
