@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/netip"
 	"os"
 	"runtime"
@@ -22,14 +23,15 @@ import (
 
 // Agent is one node's weft agent.
 type Agent struct {
-	cfg      Config
-	log      *slog.Logger
-	underlay string // underlay interface name
-	mtu      int
-	mac      string
-	ipam     *ipam.Allocator
-	cluster  *cluster.Cluster
-	recon    *dataplane.Reconciler
+	cfg       Config
+	log       *slog.Logger
+	underlay  string // underlay interface name
+	mtu       int
+	vtepMAC   net.HardwareAddr // derived from the node name: stable across restarts
+	bridgeMAC net.HardwareAddr
+	ipam      *ipam.Allocator
+	cluster   *cluster.Cluster
+	recon     *dataplane.Reconciler
 
 	kick    chan struct{} // asks the loop for a reconcile; buffered, coalescing
 	started time.Time
@@ -62,7 +64,7 @@ func Run(ctx context.Context, cfg Config) error {
 	if a.mtu == 0 {
 		a.mtu = dataplane.MTUFor(ulMTU)
 	}
-	a.mac = dataplane.VTEPMAC(cfg.NodeName).String()
+	a.vtepMAC, a.bridgeMAC = dataplane.VTEPMAC(cfg.NodeName), dataplane.BridgeMAC(cfg.NodeName)
 
 	a.ipam, err = ipam.New(ctx, ipam.Config{
 		ClusterCIDR: cfg.ClusterCIDR, BlockBits: cfg.BlockBits, Node: cfg.NodeName,
@@ -135,7 +137,7 @@ func Run(ctx context.Context, cfg Config) error {
 
 func (a *Agent) selfRecord() cluster.Node {
 	return cluster.Node{
-		Name: a.cfg.NodeName, Underlay: a.cfg.UnderlayIP, VTEPMAC: a.mac,
+		Name: a.cfg.NodeName, Underlay: a.cfg.UnderlayIP, VTEPMAC: a.vtepMAC.String(),
 		Tunnel: a.ipam.Tunnel(), Blocks: a.ipam.Blocks(), Version: version.Version,
 	}
 }
@@ -178,12 +180,12 @@ func (a *Agent) desired() dataplane.Desired {
 	d := dataplane.Desired{
 		Bridge: dataplane.Bridge{
 			Name: dataplane.BridgeName, Gateway: a.ipam.Gateway(), Blocks: a.ipam.Blocks(),
-			MAC: dataplane.BridgeMAC(a.cfg.NodeName),
+			MAC: a.bridgeMAC,
 		},
 		VXLAN: dataplane.VXLAN{
 			Name: dataplane.VXLANName, VNI: dataplane.VNI, Port: dataplane.VXLANPort,
 			UnderlayIP: a.cfg.UnderlayIP, Underlay: a.underlay,
-			MAC: dataplane.VTEPMAC(a.cfg.NodeName), TunnelIP: a.ipam.Tunnel(),
+			MAC: a.vtepMAC, TunnelIP: a.ipam.Tunnel(),
 		},
 		ClusterCIDR: a.cfg.ClusterCIDR,
 		MTU:         a.mtu,
