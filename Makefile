@@ -35,7 +35,7 @@ test: build
 soak: build
 	@echo "soak: about 10 minutes; the full log goes to bin/soak.log"
 	@rc=0; WEFT_SOAK=1 WEFT_BIN_DIR=$(CURDIR)/bin $(GO) test -count=1 -timeout 15m -v -run . ./internal/soak/ > bin/soak.log 2>&1 || rc=$$?; \
-	grep -E '^(--- |    --- |ok|FAIL|PASS)|_test\.go:[0-9]+: ' bin/soak.log | grep -v 'main_test\.go:'; exit $$rc
+	grep -E '^(--- |    --- |ok|FAIL|PASS)|_test\.go:[0-9]+: |^ +\| ' bin/soak.log | grep -v 'main_test\.go:'; exit $$rc
 
 # Each fuzz target for FUZZTIME (the executions are in the output); crashers are kept
 # under the package's testdata/fuzz.

@@ -96,9 +96,15 @@ func (l *Lab) startAgent(node string) error {
 	if err := startInNS(n.Namespace, cmd); err != nil {
 		return fmt.Errorf("starting the agent of %s (%s): %w", n.Name, bin, err)
 	}
-	// Reap the child if this process lives long enough (tests, a long-lived caller);
-	// otherwise init inherits it when the CLI exits.
-	go func() { _ = cmd.Wait() }()
+	// Reap the child if this process lives long enough (tests, a long-lived caller) and
+	// keep how it ended; otherwise init inherits it when the CLI exits.
+	c := &child{done: make(chan struct{})}
+	l.children.Store(cmd.Process.Pid, c)
+	go func() {
+		_ = cmd.Wait()
+		c.how = cmd.ProcessState.String()
+		close(c.done)
+	}()
 	l.mu.Lock()
 	for i := range l.st.Nodes {
 		if l.st.Nodes[i].Name == n.Name {
@@ -124,8 +130,16 @@ func (l *Lab) waitReady(ctx context.Context, node string) error {
 	last := "socket not answering yet"
 	for {
 		if !l.agentAlive(n) {
-			return fmt.Errorf("the agent of %s (pid %d) exited before becoming ready; see %s:\n%s",
-				n.Name, n.PID, filepath.Join(n.Dir, "agent.log"), logTail(n, 20))
+			how := "exited"
+			if c, ok := l.child(n.PID); ok {
+				select {
+				case <-c.done:
+					how = "ended (" + c.how + ")"
+				case <-time.After(time.Second):
+				}
+			}
+			return fmt.Errorf("the agent of %s (pid %d) %s before becoming ready; see %s:\n%s",
+				n.Name, n.PID, how, filepath.Join(n.Dir, "agent.log"), logTail(n, 20))
 		}
 		s, err := c.Status(ctx)
 		switch {
@@ -158,8 +172,33 @@ func logTail(n Node, lines int) string {
 	return "  | " + strings.Join(all, "\n  | ")
 }
 
-// agentAlive reports whether n.PID is still this lab's agent of n.
+// child is an agent process this Lab started and reaps.
+type child struct {
+	done chan struct{} // closed once the process is reaped
+	how  string        // how it ended; set before done is closed
+}
+
+func (l *Lab) child(pid int) (*child, bool) {
+	c, ok := l.children.Load(pid)
+	if !ok {
+		return nil, false
+	}
+	return c.(*child), true
+}
+
+// agentAlive reports whether n.PID is still this lab's agent of n. An agent this Lab
+// started is alive until its reaper has seen it exit: its pid cannot be reused before
+// that, and /proc is not consulted (a fresh process's cmdline can read empty for a
+// moment). Agents of an earlier invocation are verified through /proc.
 func (l *Lab) agentAlive(n Node) bool {
+	if c, ok := l.child(n.PID); ok {
+		select {
+		case <-c.done:
+			return false
+		default:
+			return true
+		}
+	}
 	l.mu.Lock()
 	bin := l.st.WeftBin
 	l.mu.Unlock()
@@ -190,12 +229,20 @@ func isAgent(pid int, bin, socket string) bool {
 	return false
 }
 
+// cmdline returns pid's argv, or nil if pid is gone. A live process's cmdline can read
+// empty for a moment (seen right after exec), so an empty read is retried a few times.
 func cmdline(pid int) []string {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
-	if err != nil || len(b) == 0 {
-		return nil
+	for try := 0; try < 5; try++ {
+		b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
+		if err != nil {
+			return nil
+		}
+		if len(b) > 0 {
+			return strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
-	return strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")
+	return nil
 }
 
 // running reports whether pid exists and is not a zombie.

@@ -128,6 +128,8 @@ type Lab struct {
 	saveMu sync.Mutex
 	out    io.Writer
 	hook   func(string) error
+	// children maps the pid of each agent this Lab started to its *child.
+	children sync.Map
 }
 
 func (o Options) withDefaults() (Options, error) {
