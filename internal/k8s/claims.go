@@ -10,8 +10,6 @@ import (
 	coordinationv1 "k8s.io/api/coordination/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes"
-	coordinationclient "k8s.io/client-go/kubernetes/typed/coordination/v1"
 
 	"github.com/weftnet/weft/internal/ipam"
 )
@@ -25,7 +23,7 @@ const (
 // LeaseStore is an ipam.ClaimStore that keeps one Lease per claimed block (see the
 // package comment).
 type LeaseStore struct {
-	Client    kubernetes.Interface
+	Client    Client
 	Namespace string
 }
 
@@ -36,8 +34,8 @@ func LeaseName(block netip.Prefix) string {
 	return blockNamePrefix + strings.NewReplacer(".", "-", "/", "-").Replace(block.String())
 }
 
-func (s *LeaseStore) leases() coordinationclient.LeaseInterface {
-	return s.Client.CoordinationV1().Leases(s.Namespace)
+func (s *LeaseStore) leases() LeaseAPI {
+	return s.Client.Leases(s.Namespace)
 }
 
 func holder(l *coordinationv1.Lease) string {

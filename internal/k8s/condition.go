@@ -8,7 +8,6 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes"
 )
 
 // ReasonUp is the reason weft gives when it clears NetworkUnavailable.
@@ -16,8 +15,8 @@ const ReasonUp = "WeftIsUp"
 
 // SetNetworkAvailable sets node's NetworkUnavailable condition to False (reason WeftIsUp)
 // with a strategic-merge patch of the status, unless it already says so.
-func SetNetworkAvailable(ctx context.Context, c kubernetes.Interface, node string) error {
-	n, err := c.CoreV1().Nodes().Get(ctx, node, metav1.GetOptions{})
+func SetNetworkAvailable(ctx context.Context, c Client, node string) error {
+	n, err := c.Nodes().Get(ctx, node, metav1.GetOptions{})
 	if err != nil {
 		return fmt.Errorf("reading Node %s: %w", node, err)
 	}
@@ -34,7 +33,7 @@ func SetNetworkAvailable(ctx context.Context, c kubernetes.Interface, node strin
 	if err != nil {
 		return err
 	}
-	if _, err := c.CoreV1().Nodes().PatchStatus(ctx, node, patch); err != nil {
+	if _, err := c.Nodes().PatchStatus(ctx, node, patch); err != nil {
 		return fmt.Errorf("clearing NetworkUnavailable on Node %s: %w (does weft's ClusterRole allow patch on nodes/status?)", node, err)
 	}
 	return nil

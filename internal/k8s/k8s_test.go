@@ -28,6 +28,13 @@ var (
 	blk2 = netip.MustParsePrefix("10.32.0.128/26")
 )
 
+// fakeClient serves the package's Client from client-go's fake clientset.
+type fakeClient struct{ *fake.Clientset }
+
+func (f fakeClient) Nodes() NodeAPI              { return f.CoreV1().Nodes() }
+func (f fakeClient) Leases(ns string) LeaseAPI   { return f.CoordinationV1().Leases(ns) }
+func (f fakeClient) Secrets(ns string) SecretAPI { return f.CoreV1().Secrets(ns) }
+
 func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(&bytes.Buffer{}, nil)) }
 
 // enforcePreconditions makes the fake's Delete honour UID/resourceVersion preconditions
@@ -66,7 +73,7 @@ func TestClaimRace(t *testing.T) {
 		errs := make([]error, 5)
 		for i := range errs {
 			wg.Go(func() {
-				s := &LeaseStore{Client: c, Namespace: "kube-system"}
+				s := &LeaseStore{Client: fakeClient{c}, Namespace: "kube-system"}
 				errs[i] = s.Claim(ctx, blk1, fmt.Sprintf("node%d", i))
 			})
 		}
@@ -90,7 +97,7 @@ func TestClaimReleaseList(t *testing.T) {
 	ctx := t.Context()
 	c := fake.NewClientset()
 	enforcePreconditions(c)
-	s := &LeaseStore{Client: c, Namespace: "kube-system"}
+	s := &LeaseStore{Client: fakeClient{c}, Namespace: "kube-system"}
 	if err := s.Claim(ctx, blk1, "a"); err != nil {
 		t.Fatal(err)
 	}
@@ -145,7 +152,7 @@ func TestReleasePrecondition(t *testing.T) {
 	ctx := t.Context()
 	c := fake.NewClientset()
 	enforcePreconditions(c)
-	s := &LeaseStore{Client: c, Namespace: "kube-system"}
+	s := &LeaseStore{Client: fakeClient{c}, Namespace: "kube-system"}
 	if err := s.Claim(ctx, blk1, "a"); err != nil {
 		t.Fatal(err)
 	}
@@ -183,7 +190,7 @@ func TestReleaseNodeAndOrphans(t *testing.T) {
 	ctx := t.Context()
 	c := fake.NewClientset()
 	enforcePreconditions(c)
-	s := &LeaseStore{Client: c, Namespace: "kube-system"}
+	s := &LeaseStore{Client: fakeClient{c}, Namespace: "kube-system"}
 	blk3 := netip.MustParsePrefix("10.32.0.192/26")
 	for b, n := range map[netip.Prefix]string{blk1: "gone", blk2: "gone", blk3: "self"} {
 		if err := s.Claim(ctx, b, n); err != nil {
@@ -211,11 +218,11 @@ func TestReleaseNodeAndOrphans(t *testing.T) {
 func TestGossipKey(t *testing.T) {
 	ctx := t.Context()
 	c := fake.NewClientset()
-	k1, err := GossipKey(ctx, c, "kube-system", GossipKeySecret)
+	k1, err := GossipKey(ctx, fakeClient{c}, "kube-system", GossipKeySecret)
 	if err != nil || len(k1) != 32 {
 		t.Fatalf("creating: %x, %v", k1, err)
 	}
-	k2, err := GossipKey(ctx, c, "kube-system", GossipKeySecret)
+	k2, err := GossipKey(ctx, fakeClient{c}, "kube-system", GossipKeySecret)
 	if err != nil || !bytes.Equal(k1, k2) {
 		t.Fatalf("reading: %x, %v; want %x", k2, err, k1)
 	}
@@ -226,7 +233,7 @@ func TestGossipKey(t *testing.T) {
 	var wg sync.WaitGroup
 	for i := range keys {
 		wg.Go(func() {
-			k, err := GossipKey(ctx, c, "kube-system", GossipKeySecret)
+			k, err := GossipKey(ctx, fakeClient{c}, "kube-system", GossipKeySecret)
 			if err != nil {
 				t.Error(err)
 			}
@@ -242,7 +249,7 @@ func TestGossipKey(t *testing.T) {
 
 	// A bad Secret is an error that says what to do.
 	c = fake.NewClientset(&corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: GossipKeySecret, Namespace: "kube-system"}, Data: map[string][]byte{"key": []byte("short")}})
-	if _, err := GossipKey(ctx, c, "kube-system", GossipKeySecret); err == nil {
+	if _, err := GossipKey(ctx, fakeClient{c}, "kube-system", GossipKeySecret); err == nil {
 		t.Fatal("a 5-byte key was accepted")
 	}
 }
@@ -265,7 +272,7 @@ func TestSetNetworkAvailable(t *testing.T) {
 		{Type: corev1.NodeNetworkUnavailable, Status: corev1.ConditionTrue, Reason: "NoRouteCreated"},
 	}
 	c := fake.NewClientset(n)
-	if err := SetNetworkAvailable(ctx, c, "n1"); err != nil {
+	if err := SetNetworkAvailable(ctx, fakeClient{c}, "n1"); err != nil {
 		t.Fatal(err)
 	}
 	got, _ := c.CoreV1().Nodes().Get(ctx, "n1", metav1.GetOptions{})
@@ -287,7 +294,7 @@ func TestSetNetworkAvailable(t *testing.T) {
 			patches++
 		}
 	}
-	if err := SetNetworkAvailable(ctx, c, "n1"); err != nil {
+	if err := SetNetworkAvailable(ctx, fakeClient{c}, "n1"); err != nil {
 		t.Fatal(err)
 	}
 	for _, a := range c.Actions() {
@@ -298,7 +305,7 @@ func TestSetNetworkAvailable(t *testing.T) {
 	if patches != 0 {
 		t.Error("patched again although the condition already said WeftIsUp")
 	}
-	if err := SetNetworkAvailable(ctx, c, "missing"); err == nil {
+	if err := SetNetworkAvailable(ctx, fakeClient{c}, "missing"); err == nil {
 		t.Error("no error for a missing Node")
 	}
 }
@@ -320,14 +327,14 @@ func TestNodes(t *testing.T) {
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
 	c := fake.NewClientset(node("self", "192.0.2.1"), node("n2", "192.0.2.2"))
-	store := &LeaseStore{Client: c, Namespace: "kube-system"}
+	store := &LeaseStore{Client: fakeClient{c}, Namespace: "kube-system"}
 	if err := store.Claim(ctx, blk1, "n2"); err != nil {
 		t.Fatal(err)
 	}
 	rec := &Reclaimer{Store: store, Self: "self", Log: quiet()}
 	var mu sync.Mutex
 	var deleted []string
-	nodes, err := NewNodes(c, "self", quiet(), func(name string) {
+	nodes, err := NewNodes(fakeClient{c}, "self", quiet(), func(name string) {
 		rec.NodeDeleted(ctx, name)
 		mu.Lock()
 		deleted = append(deleted, name)
@@ -403,10 +410,10 @@ func TestNodeInternalIP(t *testing.T) {
 	noIP := node("bare", "")
 	noIP.Status.Addresses = noIP.Status.Addresses[:1]
 	c := fake.NewClientset(node("n1", "192.0.2.1"), noIP)
-	if ip, err := NodeInternalIP(ctx, c, "n1"); err != nil || ip != netip.MustParseAddr("192.0.2.1") {
+	if ip, err := NodeInternalIP(ctx, fakeClient{c}, "n1"); err != nil || ip != netip.MustParseAddr("192.0.2.1") {
 		t.Errorf("n1: %v %v", ip, err)
 	}
-	if _, err := NodeInternalIP(ctx, c, "bare"); err == nil {
+	if _, err := NodeInternalIP(ctx, fakeClient{c}, "bare"); err == nil {
 		t.Error("a Node without InternalIP gave an address")
 	}
 }

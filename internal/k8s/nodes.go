@@ -13,8 +13,8 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
-	"k8s.io/client-go/informers"
-	"k8s.io/client-go/kubernetes"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/watch"
 	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
 )
@@ -34,8 +34,8 @@ func InternalIP(n *corev1.Node) (netip.Addr, bool) {
 
 // NodeInternalIP reads Node name from the API server and returns its InternalIP: the
 // agent's underlay address.
-func NodeInternalIP(ctx context.Context, c kubernetes.Interface, name string) (netip.Addr, error) {
-	n, err := c.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
+func NodeInternalIP(ctx context.Context, c Client, name string) (netip.Addr, error) {
+	n, err := c.Nodes().Get(ctx, name, metav1.GetOptions{})
 	if err != nil {
 		return netip.Addr{}, fmt.Errorf("reading Node %s: %w", name, err)
 	}
@@ -52,7 +52,7 @@ func NodeInternalIP(ctx context.Context, c kubernetes.Interface, name string) (n
 type Nodes struct {
 	self     string
 	log      *slog.Logger
-	factory  informers.SharedInformerFactory
+	ctx      context.Context // of Start: the informer's list and watch calls
 	informer cache.SharedIndexInformer
 	lister   corelisters.NodeLister
 	changed  chan struct{}
@@ -61,13 +61,16 @@ type Nodes struct {
 
 // NewNodes prepares the watch; Start starts it. onDelete (optional) runs in its own
 // goroutine for every Node deleted other than self.
-func NewNodes(c kubernetes.Interface, self string, log *slog.Logger, onDelete func(name string)) (*Nodes, error) {
-	f := informers.NewSharedInformerFactory(c, 0)
-	inf := f.Core().V1().Nodes()
-	n := &Nodes{
-		self: self, log: log, factory: f, informer: inf.Informer(), lister: inf.Lister(),
-		changed: make(chan struct{}, 1), onDelete: onDelete,
+func NewNodes(c Client, self string, log *slog.Logger, onDelete func(name string)) (*Nodes, error) {
+	n := &Nodes{self: self, log: log, ctx: context.Background(), changed: make(chan struct{}, 1), onDelete: onDelete}
+	lw := &cache.ListWatch{
+		ListFunc: func(opts metav1.ListOptions) (runtime.Object, error) { return c.Nodes().List(n.ctx, opts) },
+		WatchFunc: func(opts metav1.ListOptions) (watch.Interface, error) {
+			return c.Nodes().Watch(n.ctx, opts)
+		},
 	}
+	n.informer = cache.NewSharedIndexInformer(lw, &corev1.Node{}, 0, cache.Indexers{})
+	n.lister = corelisters.NewNodeLister(n.informer.GetIndexer())
 	_, err := n.informer.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc: func(any) { n.signal() },
 		UpdateFunc: func(oldObj, newObj any) {
@@ -99,7 +102,10 @@ func NewNodes(c kubernetes.Interface, self string, log *slog.Logger, onDelete fu
 }
 
 // Start runs the watch until ctx ends.
-func (n *Nodes) Start(ctx context.Context) { n.factory.Start(ctx.Done()) }
+func (n *Nodes) Start(ctx context.Context) {
+	n.ctx = ctx
+	go n.informer.Run(ctx.Done())
+}
 
 // WaitSynced waits until the first list arrived or ctx ended.
 func (n *Nodes) WaitSynced(ctx context.Context) bool {

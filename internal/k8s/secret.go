@@ -8,7 +8,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes"
 )
 
 // GossipKeySecret is the Secret that holds the cluster's gossip key, under data key "key"
@@ -21,8 +20,8 @@ const (
 // GossipKey returns the cluster's gossip key from the Secret ns/name, creating it with 32
 // random bytes if it does not exist. When agents race to create it, the API server lets
 // exactly one Create succeed and the others read the winner's key.
-func GossipKey(ctx context.Context, c kubernetes.Interface, ns, name string) ([]byte, error) {
-	secrets := c.CoreV1().Secrets(ns)
+func GossipKey(ctx context.Context, c Client, ns, name string) ([]byte, error) {
+	secrets := c.Secrets(ns)
 	s, err := secrets.Get(ctx, name, metav1.GetOptions{})
 	if err == nil {
 		return keyOf(s)
