@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/weftnet/weft/internal/api"
+	"github.com/weftnet/weft/internal/api/apiserver"
 	"github.com/weftnet/weft/internal/cluster"
 	"github.com/weftnet/weft/internal/dataplane"
 	"github.com/weftnet/weft/internal/ipam"
@@ -86,7 +87,7 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	defer a.cluster.Shutdown() // no leave: peers keep our routes across a restart
 
-	l, err := api.Listen(cfg.Socket)
+	l, err := apiserver.Listen(cfg.Socket)
 	if err != nil {
 		return err
 	}
@@ -106,7 +107,7 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	var wg sync.WaitGroup
 	wg.Go(func() {
-		if err := api.Serve(ctx, l, a.metrics.InstrumentAPI(api.NewHandler(a))); err != nil {
+		if err := apiserver.Serve(ctx, l, a.metrics.InstrumentAPI(apiserver.NewHandler(a))); err != nil {
 			fail(fmt.Errorf("local API: %w", err))
 		}
 	})

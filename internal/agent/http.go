@@ -7,7 +7,7 @@ import (
 	"net/http"
 	"time"
 
-	"github.com/weftnet/weft/internal/api"
+	"github.com/weftnet/weft/internal/api/apiserver"
 )
 
 // DefaultHTTPAddr is where the agent serves health probes (and, as they are added,
@@ -47,5 +47,5 @@ func (a *Agent) serveHTTP(ctx context.Context, addr string) error {
 	if err != nil {
 		return fmt.Errorf("listening on %s for health and metrics: %w (choose another --http-addr, or \"\" to disable)", addr, err)
 	}
-	return api.Serve(ctx, l, a.httpMux())
+	return apiserver.Serve(ctx, l, a.httpMux())
 }

@@ -1,5 +1,7 @@
-// Package api is the agent's local API: the wire types, an HTTP handler the agent serves on
-// a root-only unix socket, and the client that weft-cni and the weft CLI use to reach it.
+// Package api is the agent's local API: the wire types, the errors, and the client that
+// weft-cni and the weft CLI use to reach the agent on its root-only unix socket. The agent
+// serves it with package apiserver; this package stays free of net/http, so that weft-cni,
+// started once per pod, starts fast.
 //
 // The API is deliberately small: the CNI plugin asks the agent for an address (ADD), gives
 // it back (DEL), verifies it (CHECK), reconciles leases against the runtime's list (GC) and

@@ -4,17 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"strings"
 
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/cni/pkg/utils"
-	"github.com/containernetworking/plugins/pkg/ip"
-	"github.com/containernetworking/plugins/pkg/netlinksafe"
 	"github.com/containernetworking/plugins/pkg/ns"
-	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
 	"github.com/weftnet/weft/internal/api"
@@ -37,20 +33,19 @@ func Add(args *skel.CmdArgs) error {
 	}
 	defer podNS.Close()
 
+	pod, err := podHandle(podNS)
+	if err != nil {
+		return internalError("opening a netlink socket in the pod's network namespace", err)
+	}
+	defer pod.Close()
+
 	// An interface of that name in the pod is either this attachment's, from an earlier ADD,
 	// or someone else's: either way it is not ours to replace, and its lease (if any) stays.
-	if err := podNS.Do(func(ns.NetNS) error {
-		_, err := netlinksafe.LinkByName(args.IfName)
-		if err == nil {
-			return types.NewError(ErrCodeInterfaceExists,
-				fmt.Sprintf("interface %q already exists in the pod's network namespace %s: this is a second ADD for the attachment, or another network owns the name; DEL this attachment first, or give this network another interface name", args.IfName, args.Netns), "")
-		}
-		if !isNotFound(err) {
-			return internalError(fmt.Sprintf("looking up %q in the pod's network namespace", args.IfName), err)
-		}
-		return nil
-	}); err != nil {
-		return err
+	if _, err := pod.LinkByName(args.IfName); err == nil {
+		return types.NewError(ErrCodeInterfaceExists,
+			fmt.Sprintf("interface %q already exists in the pod's network namespace %s: this is a second ADD for the attachment, or another network owns the name; DEL this attachment first, or give this network another interface name", args.IfName, args.Netns), "")
+	} else if !isNotFound(err) {
+		return internalError(fmt.Sprintf("looking up %q in the pod's network namespace", args.IfName), err)
 	}
 
 	client := cfg.client()
@@ -81,44 +76,34 @@ func Add(args *skel.CmdArgs) error {
 			"the weft agent handed out an unusable lease: this is a bug in the agent; report it with the agent's log", err.Error())
 	}
 
-	routes := podRoutes(lease.Gateway, lease.ClusterCIDR)
-	var hostIf, podIf net.Interface
-	err = podNS.Do(func(hostNS ns.NetNS) error {
-		var err error
-		hostIf, podIf, err = ip.SetupVethWithName(args.IfName, hostName, lease.MTU, "", hostNS)
-		if err != nil {
-			// The pair may exist even so (bringing the host end up failed). The name was
-			// free a moment ago, so a link of that name now is this ADD's.
-			if link, lerr := netlinksafe.LinkByName(args.IfName); lerr == nil {
-				_ = netlink.LinkDel(link)
-			}
-			return fmt.Errorf("creating veth %s/%s: %w", args.IfName, hostName, err)
-		}
-		vethMade = true
-		link, err := netlinksafe.LinkByName(args.IfName)
-		if err != nil {
-			return fmt.Errorf("looking up %s: %w", args.IfName, err)
-		}
-		return configurePod(link, lease.Address, routes)
-	})
+	bridge, err := findBridge(lease.Bridge)
+	if errors.Is(err, errNoBridge) {
+		return types.NewError(types.ErrTryAgainLater,
+			fmt.Sprintf("bridge %q not found on this node: the weft agent has not set up the node's network yet; the runtime will retry, and the agent's log says why it is late", lease.Bridge),
+			err.Error())
+	}
 	if err != nil {
+		return internalError("finding the node's bridge failed: check the node's bridge and kernel log", err)
+	}
+	routes := podRoutes(lease.Gateway, lease.ClusterCIDR)
+	hostIf, podIf, err := makeVeth(podNS, pod, hostName, args.IfName, lease.MTU, bridge)
+	if err != nil {
+		if errors.Is(err, errPodIfExists) {
+			return types.NewError(ErrCodeInterfaceExists,
+				fmt.Sprintf("interface %q appeared in the pod's network namespace %s while weft set it up: another plugin is configuring the same interface name; give one of the networks another name", args.IfName, args.Netns), err.Error())
+		}
+		return internalError("creating the pod's veth failed: the runtime will retry; if it keeps failing, check the node's kernel log", err)
+	}
+	vethMade = true
+	if err := configurePod(pod, podIf, lease.Address, routes); err != nil {
 		return internalError("setting up the pod's interface failed: the runtime will retry; if it keeps failing, check the node's kernel log", err)
 	}
-	if err := attachHost(hostName, lease.Bridge); err != nil {
-		if errors.Is(err, errNoBridge) {
-			return types.NewError(types.ErrTryAgainLater,
-				fmt.Sprintf("bridge %q not found on this node: the weft agent has not set up the node's network yet; the runtime will retry, and the agent's log says why it is late", lease.Bridge),
-				err.Error())
-		}
-		return internalError("attaching the pod's veth to the bridge failed: check the node's bridge and kernel log", err)
-	}
-
 	gw := lease.Gateway.AsSlice()
 	result := &current.Result{
 		CNIVersion: current.ImplementedSpecVersion,
 		Interfaces: []*current.Interface{
-			{Name: hostIf.Name, Mac: hostIf.HardwareAddr.String(), Mtu: hostIf.MTU},
-			{Name: podIf.Name, Mac: podIf.HardwareAddr.String(), Mtu: podIf.MTU, Sandbox: args.Netns},
+			{Name: hostIf.Attrs().Name, Mac: hostIf.Attrs().HardwareAddr.String(), Mtu: hostIf.Attrs().MTU},
+			{Name: podIf.Attrs().Name, Mac: podIf.Attrs().HardwareAddr.String(), Mtu: podIf.Attrs().MTU, Sandbox: args.Netns},
 		},
 		IPs: []*current.IPConfig{{Interface: current.Int(1), Address: *ipNet(lease.Address), Gateway: gw}},
 	}

@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/weftnet/weft/internal/api"
+	"github.com/weftnet/weft/internal/api/apiserver"
 )
 
 // fakeAgent is an api.Backend handing out addresses from 10.32.0.0/26 (gateway 10.32.0.1) the
@@ -51,13 +52,13 @@ func startFakeAgent(t *testing.T) *fakeAgent {
 		leases: map[api.Attachment]api.Lease{},
 		bridge: "weft",
 	}
-	l, err := api.Listen(f.socket)
+	l, err := apiserver.Listen(f.socket)
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- api.Serve(ctx, l, api.NewHandler(f)) }()
+	go func() { done <- apiserver.Serve(ctx, l, apiserver.NewHandler(f)) }()
 	var once sync.Once
 	f.stop = func() {
 		once.Do(func() {

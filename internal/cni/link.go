@@ -9,7 +9,9 @@ import (
 	"net/netip"
 
 	"github.com/containernetworking/plugins/pkg/netlinksafe"
+	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 )
 
 // HostVethName is the name of the host end of the veth for one attachment: "veth" and 11
@@ -45,13 +47,71 @@ func podRoutes(gw netip.Addr, cluster netip.Prefix) []podRoute {
 	}
 }
 
-// configurePod gives the pod end of the veth its address and routes and brings it up. It
-// runs inside the pod's network namespace.
-func configurePod(link netlink.Link, addr netip.Prefix, routes []podRoute) error {
-	if err := netlink.AddrAdd(link, &netlink.Addr{IPNet: ipNet(addr)}); err != nil {
+// podHandle opens a netlink socket in the pod's network namespace: the namespace is
+// entered only to create the socket, and every later call on the handle acts in the pod
+// from whatever thread makes it.
+func podHandle(podNS ns.NetNS) (netlinksafe.Handle, error) {
+	var h netlinksafe.Handle
+	err := podNS.Do(func(ns.NetNS) error {
+		var err error
+		h, err = netlinksafe.NewHandle(unix.NETLINK_ROUTE)
+		return err
+	})
+	return h, err
+}
+
+// errPodIfExists: the pod's interface name was taken when the veth was created.
+var errPodIfExists = errors.New("the pod interface name is taken")
+
+// makeVeth creates the pod's veth in one netlink request: the host end hostName in the
+// current namespace, up and on the bridge with index bridge, and the pod end ifName
+// directly in the pod's namespace (creating it there spares the namespace move, which
+// waits for an RCU grace period), both with mtu. Then it turns hairpin mode on for the
+// host end, so a pod reaches itself through a service address. A veth named hostName left
+// by an earlier ADD of the same attachment that did not finish (the name is derived from
+// the attachment) is replaced once. It returns both ends as the kernel made them.
+func makeVeth(podNS ns.NetNS, pod netlinksafe.Handle, hostName, ifName string, mtu, bridge int) (host, podIf netlink.Link, err error) {
+	veth := &netlink.Veth{
+		LinkAttrs: netlink.LinkAttrs{Name: hostName, MTU: mtu, TxQLen: -1, MasterIndex: bridge, Flags: net.FlagUp},
+		PeerName:  ifName, PeerTxQLen: -1, PeerNamespace: netlink.NsFd(int(podNS.Fd())),
+	}
+	err = netlink.LinkAdd(veth)
+	if errors.Is(err, unix.EEXIST) {
+		if _, perr := pod.LinkByName(ifName); perr == nil {
+			return nil, nil, fmt.Errorf("%w: %s", errPodIfExists, ifName)
+		}
+		if derr := deleteVeth(hostName); derr != nil {
+			return nil, nil, fmt.Errorf("creating veth %s: %w; replacing a stale one: %w", hostName, err, derr)
+		}
+		err = netlink.LinkAdd(veth)
+	}
+	if err != nil {
+		return nil, nil, fmt.Errorf("creating veth %s (pod end %s): %w", hostName, ifName, err)
+	}
+	defer func() {
+		if err != nil {
+			_ = deleteVeth(hostName)
+		}
+	}()
+	if host, err = netlinksafe.LinkByName(hostName); err != nil {
+		return nil, nil, fmt.Errorf("looking up %s: %w", hostName, err)
+	}
+	if err = netlink.LinkSetHairpin(host, true); err != nil {
+		return nil, nil, fmt.Errorf("turning on hairpin mode on %s: %w", hostName, err)
+	}
+	if podIf, err = pod.LinkByName(ifName); err != nil {
+		return nil, nil, fmt.Errorf("looking up %s in the pod: %w", ifName, err)
+	}
+	return host, podIf, nil
+}
+
+// configurePod gives the pod end of the veth its address and routes and brings it up,
+// through a netlink handle in the pod's namespace.
+func configurePod(pod netlinksafe.Handle, link netlink.Link, addr netip.Prefix, routes []podRoute) error {
+	if err := pod.AddrAdd(link, &netlink.Addr{IPNet: ipNet(addr)}); err != nil {
 		return fmt.Errorf("adding %s to %s: %w", addr, link.Attrs().Name, err)
 	}
-	if err := netlink.LinkSetUp(link); err != nil {
+	if err := pod.LinkSetUp(link); err != nil {
 		return fmt.Errorf("bringing %s up: %w", link.Attrs().Name, err)
 	}
 	for _, r := range routes {
@@ -61,7 +121,7 @@ func configurePod(link netlink.Link, addr netip.Prefix, routes []podRoute) error
 		} else {
 			nr.Scope = netlink.SCOPE_LINK
 		}
-		if err := netlink.RouteAdd(nr); err != nil {
+		if err := pod.RouteAdd(nr); err != nil {
 			return fmt.Errorf("adding route %s dev %s: %w", r, link.Attrs().Name, err)
 		}
 	}
@@ -71,33 +131,19 @@ func configurePod(link netlink.Link, addr netip.Prefix, routes []podRoute) error
 // errNoBridge: the lease names a bridge that this namespace does not have.
 var errNoBridge = errors.New("bridge not found")
 
-// attachHost enslaves the host end of the veth to the bridge, turns hairpin mode on (so a pod
-// reaches itself through a service address) and makes sure it is up.
-func attachHost(hostVeth, bridge string) error {
-	br, err := netlinksafe.LinkByName(bridge)
+// findBridge returns the index of the bridge the pod's host end goes on.
+func findBridge(name string) (int, error) {
+	br, err := netlinksafe.LinkByName(name)
 	if err != nil {
 		if isNotFound(err) {
-			return fmt.Errorf("%w: %q", errNoBridge, bridge)
+			return 0, fmt.Errorf("%w: %q", errNoBridge, name)
 		}
-		return fmt.Errorf("looking up bridge %q: %w", bridge, err)
+		return 0, fmt.Errorf("looking up bridge %q: %w", name, err)
 	}
 	if _, ok := br.(*netlink.Bridge); !ok {
-		return fmt.Errorf("%q is a %s, not a bridge", bridge, br.Type())
+		return 0, fmt.Errorf("%q is a %s, not a bridge", name, br.Type())
 	}
-	link, err := netlinksafe.LinkByName(hostVeth)
-	if err != nil {
-		return fmt.Errorf("looking up %s: %w", hostVeth, err)
-	}
-	if err := netlink.LinkSetMaster(link, br); err != nil {
-		return fmt.Errorf("attaching %s to bridge %s: %w", hostVeth, bridge, err)
-	}
-	if err := netlink.LinkSetHairpin(link, true); err != nil {
-		return fmt.Errorf("turning on hairpin mode on %s: %w", hostVeth, err)
-	}
-	if err := netlink.LinkSetUp(link); err != nil {
-		return fmt.Errorf("bringing %s up: %w", hostVeth, err)
-	}
-	return nil
+	return br.Attrs().Index, nil
 }
 
 // deleteVeth deletes the veth named name in the current namespace, which takes its peer

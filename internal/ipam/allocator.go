@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 )
@@ -48,6 +49,9 @@ type Config struct {
 	SpareBlocks int
 	// Logger reports background claim failures; nil is slog.Default().
 	Logger *slog.Logger
+	// BootID names the running boot of the machine; "" reads it from the kernel. Leases
+	// written in another boot are dropped at load (their pods ended with it).
+	BootID string
 }
 
 // Allocator hands out the addresses of one node.
@@ -73,6 +77,8 @@ type state struct {
 	Blocks      []netip.Prefix `json:"blocks"`
 	Leases      []Lease        `json:"leases"`
 	Cursor      netip.Addr     `json:"cursor,omitzero"`
+	// Boot is the boot ID of the machine when the file was written.
+	Boot string `json:"boot,omitempty"`
 }
 
 // New loads the node's state (if any), confirms its blocks with the store and makes sure
@@ -80,6 +86,9 @@ type state struct {
 func New(ctx context.Context, cfg Config) (*Allocator, error) {
 	if err := validate(cfg); err != nil {
 		return nil, err
+	}
+	if cfg.BootID == "" {
+		cfg.BootID = bootID()
 	}
 	a := &Allocator{cfg: cfg, leases: map[Key]netip.Addr{}, used: map[netip.Addr]Key{}}
 	if err := a.load(ctx); err != nil {
@@ -202,6 +211,13 @@ func (a *Allocator) load(ctx context.Context) error {
 			a.unconfirmed = append(a.unconfirmed, blk)
 		}
 		a.blocks = append(a.blocks, blk)
+	}
+	if st.Boot != "" && a.cfg.BootID != "" && st.Boot != a.cfg.BootID {
+		// Every pod in the file had its network namespace in a kernel that is gone.
+		if len(st.Leases) > 0 {
+			a.logger().Info("the machine rebooted since the IPAM state was written: dropping the leases of the previous boot", "leases", len(st.Leases))
+		}
+		st.Leases = nil
 	}
 	for _, l := range st.Leases {
 		if a.blockOf(l.Address.Addr()).IsValid() {
@@ -568,19 +584,24 @@ func (a *Allocator) blockIndex(blk netip.Prefix) int {
 func (a *Allocator) persist() error {
 	st := state{
 		ClusterCIDR: a.cfg.ClusterCIDR, BlockBits: a.cfg.BlockBits, Node: a.cfg.Node,
-		Blocks: a.blocks, Cursor: a.cursor, Leases: make([]Lease, 0, len(a.leases)),
+		Blocks: a.blocks, Cursor: a.cursor, Leases: make([]Lease, 0, len(a.leases)), Boot: a.cfg.BootID,
 	}
 	for k, ip := range a.leases {
 		st.Leases = append(st.Leases, Lease{Key: k, Address: netip.PrefixFrom(ip, a.cfg.BlockBits)})
 	}
 	slices.SortFunc(st.Leases, func(x, y Lease) int { return comparePrefix(x.Address, y.Address) })
-	b, err := json.MarshalIndent(st, "", "  ")
+	b, err := json.Marshal(st)
 	if err != nil {
 		return err
 	}
 	return writeFileAtomic(a.cfg.StatePath, b)
 }
 
+// writeFileAtomic replaces path with data through a temporary file and a rename, so a
+// reader (a restarted agent) sees the old or the new state, never a mix. It does not
+// fsync: the page cache outlives any crash of the agent, and a crash of the machine ends
+// every pod the leases describe (see the package comment). An fsync cost 0.7 ms of every
+// CNI ADD and DEL on our machines.
 func writeFileAtomic(path string, data []byte) error {
 	dir := filepath.Dir(path)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
@@ -590,24 +611,27 @@ func writeFileAtomic(path string, data []byte) error {
 	if err != nil {
 		return fmt.Errorf("writing IPAM state: %w", err)
 	}
-	defer os.Remove(f.Name())
 	if _, err := f.Write(data); err != nil {
 		f.Close()
+		os.Remove(f.Name())
 		return fmt.Errorf("writing IPAM state: %w", err)
 	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return fmt.Errorf("syncing IPAM state: %w", err)
-	}
 	if err := f.Close(); err != nil {
+		os.Remove(f.Name())
 		return fmt.Errorf("writing IPAM state: %w", err)
 	}
 	if err := os.Rename(f.Name(), path); err != nil {
+		os.Remove(f.Name())
 		return fmt.Errorf("replacing IPAM state: %w", err)
 	}
-	if d, err := os.Open(dir); err == nil {
-		_ = d.Sync()
-		d.Close()
-	}
 	return nil
+}
+
+// bootID is the kernel's ID of the running boot, or "" if it cannot be read.
+func bootID() string {
+	b, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
+	if err != nil {
+		return ""
+	}
+	return strings.TrimSpace(string(b))
 }

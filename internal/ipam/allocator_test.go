@@ -162,6 +162,45 @@ func TestRestartKeepsLeases(t *testing.T) {
 	}
 }
 
+// TestRebootDropsLeases: a restart in the same boot keeps every lease; after a reboot
+// (another boot ID) the leases are gone, since their pods died with the old kernel, while
+// the blocks stay the node's.
+func TestRebootDropsLeases(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	store := FileStore{Dir: filepath.Join(dir, "claims")}
+	open := func(boot string) *Allocator {
+		t.Helper()
+		a, err := New(ctx, Config{
+			ClusterCIDR: netip.MustParsePrefix("10.32.0.0/16"), BlockBits: 26, Node: "n1",
+			StatePath: filepath.Join(dir, "n1.json"), Store: store, BootID: boot,
+		})
+		if err != nil {
+			t.Fatalf("New in boot %s: %v", boot, err)
+		}
+		return a
+	}
+	a := open("boot-1")
+	for i := range 70 { // two blocks
+		if _, err := a.Allocate(ctx, key(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	blocks := fmt.Sprint(a.Blocks())
+	for _, tc := range []struct {
+		boot   string
+		leases int
+	}{{"boot-1", 70}, {"boot-2", 0}, {"boot-2", 0}} {
+		b := open(tc.boot)
+		if got := len(b.Leases()); got != tc.leases {
+			t.Errorf("boot %s: %d leases, want %d", tc.boot, got, tc.leases)
+		}
+		if got := fmt.Sprint(b.Blocks()); got != blocks {
+			t.Errorf("boot %s: blocks %s, want %s", tc.boot, got, blocks)
+		}
+	}
+}
+
 func TestStateMismatch(t *testing.T) {
 	dir := t.TempDir()
 	store := FileStore{Dir: filepath.Join(dir, "claims")}

@@ -15,8 +15,14 @@
 // (spare.go).
 //
 // Leases (container ID + interface -> address) and owned blocks are kept in one JSON file
-// on the node, replaced atomically (write, fsync, rename) on every change, so a restarted
-// agent knows every address a live pod holds and never hands it out again. Asking twice for
+// on the node, replaced atomically (write a temporary file, rename) on every change, so a
+// restarted agent knows every address a live pod holds and never hands it out again. The
+// file is not fsynced: a killed agent loses nothing (the page cache holds the file), and
+// only a crash of the whole machine can lose a write — which also ends every pod whose
+// lease it held, because their network namespaces live in that kernel. For the same
+// reason the file records the boot it was written in, and leases of an earlier boot are
+// dropped at load (their addresses would otherwise stay taken until the runtime's GC);
+// the blocks are kept and confirmed with the claim store. Asking twice for
 // the same attachment returns the same address; freeing an unknown attachment is not an
 // error. Addresses are handed out round-robin, so a freed address is not reused at once.
 //

@@ -30,6 +30,7 @@ import (
 	"github.com/vishvananda/netns"
 
 	"github.com/weftnet/weft/internal/api"
+	"github.com/weftnet/weft/internal/api/apiserver"
 )
 
 // fakeDispatch runs the fake agent or plugin if argv[0] asks for one; it reports
@@ -140,7 +141,7 @@ func fakeAgent(args []string) int {
 			st.Peers = append(st.Peers, api.Peer{Name: fmt.Sprintf("node%d", a.As4()[3]), Underlay: a, State: "alive"})
 		}
 	}
-	l, err := api.Listen(*sock)
+	l, err := apiserver.Listen(*sock)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "fake agent:", err)
 		return 1
@@ -148,7 +149,7 @@ func fakeAgent(args []string) int {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	fmt.Fprintf(os.Stderr, "fake agent %s serving on %s (ready=%v)\n", *node, *sock, st.Ready)
-	if err := api.Serve(ctx, l, api.NewHandler(&fakeBackend{status: st})); err != nil {
+	if err := apiserver.Serve(ctx, l, apiserver.NewHandler(&fakeBackend{status: st})); err != nil {
 		fmt.Fprintln(os.Stderr, "fake agent:", err)
 		return 1
 	}

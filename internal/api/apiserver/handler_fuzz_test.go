@@ -1,4 +1,4 @@
-package api
+package apiserver
 
 import (
 	"bytes"
@@ -11,40 +11,42 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/weftnet/weft/internal/api"
 )
 
 // fuzzBackend answers every call at once with a fixed lease or status.
 type fuzzBackend struct{}
 
-var fuzzLease = Lease{
+var fuzzLease = api.Lease{
 	Address: netip.MustParsePrefix("10.32.0.5/26"), Gateway: netip.MustParseAddr("10.32.0.1"),
 	ClusterCIDR: netip.MustParsePrefix("10.32.0.0/12"), Bridge: "weft", MTU: 1450,
 }
 
-func (fuzzBackend) Add(_ context.Context, r AddRequest) (Lease, error) {
+func (fuzzBackend) Add(_ context.Context, r api.AddRequest) (api.Lease, error) {
 	l := fuzzLease
 	l.Attachment = r.Attachment
 	return l, nil
 }
-func (fuzzBackend) Del(context.Context, Attachment) error { return nil }
-func (fuzzBackend) Check(_ context.Context, a Attachment) (Lease, error) {
+func (fuzzBackend) Del(context.Context, api.Attachment) error { return nil }
+func (fuzzBackend) Check(_ context.Context, a api.Attachment) (api.Lease, error) {
 	if a.ContainerID == "missing" {
-		return Lease{}, ErrNotFound
+		return api.Lease{}, api.ErrNotFound
 	}
 	return fuzzLease, nil
 }
-func (fuzzBackend) GC(_ context.Context, r GCRequest) (GCResponse, error) {
-	return GCResponse{Released: []Attachment{}}, nil
+func (fuzzBackend) GC(_ context.Context, r api.GCRequest) (api.GCResponse, error) {
+	return api.GCResponse{Released: []api.Attachment{}}, nil
 }
-func (fuzzBackend) Status(context.Context) (Status, error) {
-	return Status{Node: "n1", Ready: true}, nil
+func (fuzzBackend) Status(context.Context) (api.Status, error) {
+	return api.Status{Node: "n1", Ready: true}, nil
 }
 
 // FuzzHandler sends arbitrary methods, paths and bodies to the local API handler: it must
 // not panic or hang, must answer with a known status code, and an error must come as the
 // JSON error body weft-cni reads.
 func FuzzHandler(f *testing.F) {
-	add, _ := json.Marshal(AddRequest{Attachment: Attachment{ContainerID: "c1", IfName: "eth0"}, PodName: "p"})
+	add, _ := json.Marshal(api.AddRequest{Attachment: api.Attachment{ContainerID: "c1", IfName: "eth0"}, PodName: "p"})
 	for _, s := range []struct{ method, path, body string }{
 		{"POST", "/v1/cni/add", string(add)},
 		{"POST", "/v1/cni/del", `{"containerID":"c1","ifName":"eth0"}`},
@@ -90,7 +92,7 @@ func FuzzHandler(f *testing.F) {
 			t.Fatalf("%s %q: %d-byte response", method, path, n)
 		}
 		if rec.Code == http.StatusBadRequest || rec.Code >= 500 {
-			var e errorBody
+			var e api.ErrorBody
 			if err := json.NewDecoder(io.LimitReader(rec.Body, 1<<16)).Decode(&e); err != nil || e.Error == "" {
 				t.Fatalf("%s %q: status %d without a JSON error body: %v", method, path, rec.Code, err)
 			}

@@ -1,101 +1,77 @@
-package api
+// Package apiserver serves the agent's local API (package api) on its root-only unix
+// socket: an HTTP handler over a Backend, and the socket itself.
+package apiserver
 
 import (
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
 	"time"
+
+	"github.com/weftnet/weft/internal/api"
 )
 
-// Backend is what the handler needs from the agent.
+// Backend is what the handler needs from the agent. It reports failures with api's
+// sentinel errors (api.ErrNotReady, ...), which pick the HTTP status (api.StatusOf).
 type Backend interface {
-	Add(ctx context.Context, req AddRequest) (Lease, error)
-	Del(ctx context.Context, a Attachment) error
-	Check(ctx context.Context, a Attachment) (Lease, error)
-	GC(ctx context.Context, req GCRequest) (GCResponse, error)
-	Status(ctx context.Context) (Status, error)
-}
-
-// Sentinel errors a Backend returns so the handler can pick the HTTP status, and the client
-// can give them back to its caller (weft-cni maps them to CNI error codes).
-var (
-	// ErrNotReady: the agent runs but cannot serve yet (try again later).
-	ErrNotReady = errors.New("agent not ready")
-	// ErrNotFound: no lease for that attachment.
-	ErrNotFound = errors.New("no lease for this attachment")
-	// ErrExhausted: no free address and no block left to claim.
-	ErrExhausted = errors.New("address space exhausted")
-	// ErrInvalid: the request is malformed.
-	ErrInvalid = errors.New("invalid request")
-	// ErrUnreachable: the client could not reach the agent at all.
-	ErrUnreachable = errors.New("agent unreachable")
-)
-
-// maxBody bounds every request body; a GC list of 100k attachments still fits.
-const maxBody = 8 << 20
-
-var statusOf = []struct {
-	err  error
-	code int
-}{
-	{ErrInvalid, http.StatusBadRequest},
-	{ErrNotFound, http.StatusNotFound},
-	{ErrExhausted, http.StatusInsufficientStorage},
-	{ErrNotReady, http.StatusServiceUnavailable},
+	Add(ctx context.Context, req api.AddRequest) (api.Lease, error)
+	Del(ctx context.Context, a api.Attachment) error
+	Check(ctx context.Context, a api.Attachment) (api.Lease, error)
+	GC(ctx context.Context, req api.GCRequest) (api.GCResponse, error)
+	Status(ctx context.Context) (api.Status, error)
 }
 
 // NewHandler serves the API for b.
 func NewHandler(b Backend) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /v1/cni/add", func(w http.ResponseWriter, r *http.Request) {
-		var req AddRequest
+		var req api.AddRequest
 		if decode(w, r, &req) && validAttachment(w, req.Attachment) {
-			reply[Lease](w)(b.Add(r.Context(), req))
+			reply[api.Lease](w)(b.Add(r.Context(), req))
 		}
 	})
 	mux.HandleFunc("POST /v1/cni/del", func(w http.ResponseWriter, r *http.Request) {
-		var req Attachment
+		var req api.Attachment
 		if decode(w, r, &req) && validAttachment(w, req) {
 			reply[struct{}](w)(struct{}{}, b.Del(r.Context(), req))
 		}
 	})
 	mux.HandleFunc("POST /v1/cni/check", func(w http.ResponseWriter, r *http.Request) {
-		var req Attachment
+		var req api.Attachment
 		if decode(w, r, &req) && validAttachment(w, req) {
-			reply[Lease](w)(b.Check(r.Context(), req))
+			reply[api.Lease](w)(b.Check(r.Context(), req))
 		}
 	})
 	mux.HandleFunc("POST /v1/cni/gc", func(w http.ResponseWriter, r *http.Request) {
-		var req GCRequest
+		var req api.GCRequest
 		if decode(w, r, &req) {
-			reply[GCResponse](w)(b.GC(r.Context(), req))
+			reply[api.GCResponse](w)(b.GC(r.Context(), req))
 		}
 	})
 	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
-		reply[Status](w)(b.Status(r.Context()))
+		reply[api.Status](w)(b.Status(r.Context()))
 	})
 	return mux
 }
 
 func decode(w http.ResponseWriter, r *http.Request, v any) bool {
-	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxBody))
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, api.MaxBody))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
-		writeErr(w, fmt.Errorf("%w: decoding request body: %v", ErrInvalid, err))
+		writeErr(w, fmt.Errorf("%w: decoding request body: %v", api.ErrInvalid, err))
 		return false
 	}
 	return true
 }
 
-func validAttachment(w http.ResponseWriter, a Attachment) bool {
+func validAttachment(w http.ResponseWriter, a api.Attachment) bool {
 	if a.ContainerID == "" || a.IfName == "" {
-		writeErr(w, fmt.Errorf("%w: containerID and ifName are required", ErrInvalid))
+		writeErr(w, fmt.Errorf("%w: containerID and ifName are required", api.ErrInvalid))
 		return false
 	}
 	return true
@@ -114,21 +90,17 @@ func reply[T any](w http.ResponseWriter) func(T, error) {
 	}
 }
 
-type errorBody struct {
-	Error string `json:"error"`
-}
-
 func writeErr(w http.ResponseWriter, err error) {
 	code := http.StatusInternalServerError
-	for _, s := range statusOf {
-		if errors.Is(err, s.err) {
-			code = s.code
+	for _, s := range api.StatusOf {
+		if errors.Is(err, s.Err) {
+			code = s.Code
 			break
 		}
 	}
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(code)
-	_ = json.NewEncoder(w).Encode(errorBody{Error: err.Error()})
+	_ = json.NewEncoder(w).Encode(api.ErrorBody{Error: err.Error()})
 }
 
 // Listen opens the unix socket at path, readable and writable by root only. A stale socket
@@ -168,6 +140,3 @@ func Serve(ctx context.Context, l net.Listener, h http.Handler) error {
 	}
 	return nil
 }
-
-// drain is used by the client to reuse connections.
-func drain(r io.Reader) { _, _ = io.Copy(io.Discard, io.LimitReader(r, maxBody)) }
