@@ -10,7 +10,6 @@ import (
 	"runtime"
 	"time"
 
-	"github.com/google/nftables"
 	"github.com/spf13/cobra"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -112,7 +111,7 @@ func diagnose(ctx context.Context, socket string) doctorReport {
 	return r
 }
 
-// kernelFeatures creates a bridge, a VXLAN device and an nftables table in a throwaway
+// kernelFeatures creates a bridge, a VXLAN device and weft's nftables table in a throwaway
 // network namespace, so nothing on the node is touched.
 func kernelFeatures() []finding {
 	names := []string{"kernel: bridge", "kernel: vxlan", "kernel: nf_tables"}
@@ -136,7 +135,7 @@ func kernelFeatures() []finding {
 		fix := map[int]string{
 			0: "load the bridge module (modprobe bridge) or use a kernel with CONFIG_BRIDGE",
 			1: "load the vxlan module (modprobe vxlan) or use a kernel with CONFIG_VXLAN",
-			2: "load nf_tables (modprobe nf_tables nft_masq) or use a kernel with CONFIG_NF_TABLES and CONFIG_NFT_MASQ",
+			2: "load nf_tables (modprobe nf_tables nft_chain_nat nft_masq nft_ct) or use a kernel with CONFIG_NF_TABLES, CONFIG_NFT_NAT, CONFIG_NFT_MASQ and CONFIG_NFT_CT",
 		}[i]
 		if err != nil {
 			fix = "run weft doctor as root (it needs CAP_SYS_ADMIN and CAP_NET_ADMIN to test the kernel in a throwaway namespace)"
@@ -185,19 +184,12 @@ func tryLink(l netlink.Link) error {
 	return netlink.LinkDel(l)
 }
 
+// tryNFT builds weft's own nftables table (masquerade in a nat chain, notrack for VXLAN in
+// raw chains), so that every nftables feature the agent needs is tried.
 func tryNFT() error {
-	c, err := nftables.New()
-	if err != nil {
-		return fmt.Errorf("opening nftables: %w", err)
-	}
-	t := c.AddTable(&nftables.Table{Family: nftables.TableFamilyIPv4, Name: "weft-doctor"})
-	c.AddChain(&nftables.Chain{Name: "post", Table: t, Type: nftables.ChainTypeNAT,
-		Hooknum: nftables.ChainHookPostrouting, Priority: nftables.ChainPriorityNATSource})
-	if err := c.Flush(); err != nil {
-		return fmt.Errorf("creating an nftables nat table: %w", err)
-	}
-	c.DelTable(t)
-	return c.Flush()
+	return dataplane.NewKernel().Apply(dataplane.NFTTableSet{
+		ClusterCIDR: netip.MustParsePrefix("10.32.0.0/12"), VXLANPort: dataplane.VXLANPort,
+	})
 }
 
 func checkMTU(st api.Status) finding {

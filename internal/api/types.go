@@ -158,7 +158,7 @@ type KernelStatus struct {
 	Present  int `json:"present"`
 	// Missing are wanted entries the kernel lacks (the reconciler adds them within one
 	// resync); Stale are weft's entries that nothing wants (removed once pruning is on);
-	// Other are differences on weft's links, addresses, sysctl and NAT.
+	// Other are differences on weft's links, addresses, sysctl and nftables table (ip weft).
 	Missing []string `json:"missing,omitempty"`
 	Stale   []string `json:"stale,omitempty"`
 	Other   []string `json:"other,omitempty"`

@@ -26,10 +26,21 @@
 //
 // Routes weft installs carry the protocol number RouteProtocol, which is how the
 // reconciler tells its own routes from everyone else's. Neighbour and FDB entries on
-// weft-vxlan are all weft's. Pod traffic that leaves the cluster CIDR is masqueraded by one
-// nftables rule in table "ip weft"; traffic between pods is never translated.
+// weft-vxlan are all weft's.
 //
 // Deletion is gated: until the agent has heard the cluster's state (Desired.Prune false),
 // the reconciler adds and updates but never deletes, so a restarted agent that knows only
 // itself does not tear down the routes to every other node.
+//
+// # The nftables table
+//
+// Table "ip weft" is weft's alone and is rebuilt whole, in one transaction, whenever one of
+// its three chains differs from weft's. Pod traffic that leaves the cluster CIDR is
+// masqueraded by the one rule of chain "postrouting"; traffic between pods is never
+// translated. That nat chain switches connection tracking on for every packet of the
+// namespace, including the outer UDP packets of weft's own tunnel, which nobody translates:
+// tracking them only costs throughput. So chains "prerouting" and "output" (priority raw,
+// before conntrack) each hold one rule, `udp dport <VXLAN port> notrack`. The pod packets
+// inside the tunnel stay tracked, as kube-proxy's Service NAT needs; a host firewall must
+// accept the VXLAN port by port, since untracked packets never match `ct state established`.
 package dataplane

@@ -107,11 +107,15 @@ func (f *FakeKernel) Apply(op Op) error {
 			return fmt.Errorf("fake: sysctl %q", op.Key)
 		}
 		s.IPForward = op.Value == "1"
-	case MasqueradeSet:
+	case NFTTableSet:
+		raw := func(hook string) *RawChain {
+			return &RawChain{Type: rawChainType, Hook: hook, Priority: rawChainPriority, Policy: rawChainPolicy,
+				Rules: []int{op.VXLANPort}}
+		}
 		s.NAT = NAT{Table: true, Chain: &NATChain{
 			Type: natChainType, Hook: natChainHook, Priority: natChainPriority, Policy: natChainPolicy,
 			Rules: []netip.Prefix{op.ClusterCIDR},
-		}}
+		}, Prerouting: raw(rawPreroutingName), Output: raw(rawOutputName)}
 	default:
 		return fmt.Errorf("fake: unknown op %T", op)
 	}
@@ -154,6 +158,13 @@ func clone(o Observed) Observed {
 		ch := *o.NAT.Chain
 		ch.Rules = slices.Clone(ch.Rules)
 		c.NAT.Chain = &ch
+	}
+	for _, raw := range []**RawChain{&c.NAT.Prerouting, &c.NAT.Output} {
+		if *raw != nil {
+			ch := **raw
+			ch.Rules = slices.Clone(ch.Rules)
+			*raw = &ch
+		}
 	}
 	return c
 }

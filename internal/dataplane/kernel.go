@@ -13,7 +13,7 @@ import (
 )
 
 // netlinkKernel is the real Kernel: netlink for links, addresses, routes, neighbour and FDB
-// entries, nftables for the masquerade rule, /proc/sys for the sysctl. It holds no sockets:
+// entries, nftables for table ip weft, /proc/sys for the sysctl. It holds no sockets:
 // every call opens its own, in the network namespace of the calling OS thread.
 type netlinkKernel struct{}
 
@@ -190,8 +190,8 @@ func (netlinkKernel) Apply(op Op) error {
 		})
 	case SysctlSet:
 		err = setSysctl(op.Key, op.Value)
-	case MasqueradeSet:
-		err = setMasquerade(op.ClusterCIDR)
+	case NFTTableSet:
+		err = setTable(op.ClusterCIDR, op.VXLANPort)
 	default:
 		err = fmt.Errorf("unknown op type %T", op)
 	}

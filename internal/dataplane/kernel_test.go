@@ -8,12 +8,15 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/google/nftables"
+	"github.com/google/nftables/expr"
 	"github.com/vishvananda/netlink"
 	"github.com/weftnet/weft/internal/testutil"
 )
@@ -236,6 +239,12 @@ func expectedView(d Desired, foreignFDB ...string) view {
 		Addrs:     []string{fmt.Sprintf("%s/32 dev %s", d.Bridge.Gateway, d.Bridge.Name), fmt.Sprintf("%s/32 dev %s", d.VXLAN.TunnelIP, d.VXLAN.Name)},
 		IPForward: "1",
 		NAT: []string{
+			"chain prerouting {",
+			"type filter hook prerouting priority raw; policy accept;",
+			fmt.Sprintf(`udp dport %[1]d notrack comment "weft: notrack vxlan %[1]d"`, d.VXLAN.Port),
+			"chain output {",
+			"type filter hook output priority raw; policy accept;",
+			fmt.Sprintf(`udp dport %[1]d notrack comment "weft: notrack vxlan %[1]d"`, d.VXLAN.Port),
 			"chain postrouting {",
 			"type nat hook postrouting priority srcnat; policy accept;",
 			fmt.Sprintf(`ip saddr %[1]s ip daddr != %[1]s masquerade comment "weft: masquerade %[1]s"`, d.ClusterCIDR),
@@ -322,7 +331,7 @@ func TestKernelReconcile(t *testing.T) {
 		"route replace 10.32.0.128/26 via 10.32.0.128 dev weft-vxlan onlink proto 0x77",
 		"route add 10.32.1.128/26 dev weft scope link src 10.32.0.1 proto 0x77",
 		"sysctl net.ipv4.ip_forward=1",
-		"nft rebuild chain ip weft postrouting { type nat hook postrouting priority srcnat; ip saddr 10.32.0.0/16 ip daddr != 10.32.0.0/16 masquerade }",
+		rebuildTable,
 	)
 	checkView(t, n, d, expectedView(d, flood))
 	checkOps(t, reconcile(t, n, r, d))
@@ -359,9 +368,132 @@ func TestKernelReconcile(t *testing.T) {
 	run(t, n, "nft", "add", "table", "ip", NFTTable)
 	run(t, n, "nft", "add", "chain", "ip", NFTTable, "postrouting", "{ type nat hook postrouting priority 0; }")
 	run(t, n, "nft", "add", "rule", "ip", NFTTable, "postrouting", "ip saddr 10.32.0.0/16 ip daddr != 10.32.0.0/16 masquerade")
-	checkOps(t, reconcile(t, n, r, d),
-		"nft rebuild chain ip weft postrouting { type nat hook postrouting priority srcnat; ip saddr 10.32.0.0/16 ip daddr != 10.32.0.0/16 masquerade }")
+	checkOps(t, reconcile(t, n, r, d), rebuildTable)
 	checkView(t, n, d, expectedView(d))
+	checkOps(t, reconcile(t, n, r, d))
+
+	t.Log("raw chains: each kind of drift is repaired by one rebuild of the table")
+	for _, drift := range []struct {
+		what string
+		nft  []string // nft commands, one each
+	}{
+		{"a foreign rule", []string{"add rule ip weft output udp dport 4789 notrack"}},
+		{"a missing chain", []string{"delete chain ip weft prerouting"}},
+		{"the notrack rule of another port", []string{
+			"flush chain ip weft output",
+			`add rule ip weft output udp dport 4789 notrack comment "weft: notrack vxlan 4789"`}},
+		{"a chain at filter priority (after conntrack: too late)", []string{
+			"delete chain ip weft output",
+			"add chain ip weft output { type filter hook output priority filter; }",
+			`add rule ip weft output udp dport 6784 notrack comment "weft: notrack vxlan 6784"`}},
+	} {
+		t.Log(drift.what)
+		for _, cmd := range drift.nft {
+			run(t, n, "nft", cmd)
+		}
+		checkOps(t, reconcile(t, n, r, d), rebuildTable)
+		checkView(t, n, d, expectedView(d))
+	}
+	checkOps(t, reconcile(t, n, r, d))
+
+	t.Log("another VXLAN port: the notrack rules follow it")
+	other := d
+	other.VXLAN.Port = 4789
+	ops = reconcile(t, n, r, other)
+	if last := ops[len(ops)-1]; last != strings.Replace(rebuildTable, "dport 6784", "dport 4789", 1) {
+		t.Fatalf("last op %q, want the table rebuilt for port 4789", last)
+	}
+	checkView(t, n, other, expectedView(other))
+	checkOps(t, reconcile(t, n, r, other))
+}
+
+// rebuildTable is the op that rebuilds table ip weft for kernelDesired.
+const rebuildTable = "nft rebuild table ip weft { postrouting: ip saddr 10.32.0.0/16 ip daddr != 10.32.0.0/16 masquerade; prerouting, output: udp dport 6784 notrack }"
+
+// weft's rules are written the way the kernel hands them back, so a converged table plans
+// nothing; the notrack rule also the way nft writes it. Only a rule with weft's comment and
+// exactly weft's expressions counts as weft's.
+func TestKernelNFTRuleForm(t *testing.T) {
+	n := testutil.NewNS(t)
+	cluster := cidr("10.32.0.0/16")
+	inNS(t, n, func() error {
+		if err := NewKernel().Apply(NFTTableSet{ClusterCIDR: cluster, VXLANPort: VXLANPort}); err != nil {
+			return err
+		}
+		c, err := nftables.New()
+		if err != nil {
+			return err
+		}
+		table, chains, err := findTable(c)
+		if err != nil {
+			return err
+		}
+		for _, x := range []struct {
+			chain string
+			want  []expr.Any
+		}{
+			{"prerouting", notrackExprs(VXLANPort)},
+			{"output", notrackExprs(VXLANPort)},
+			{"postrouting", masqExprs(cluster)},
+		} {
+			if chains[x.chain] == nil {
+				return fmt.Errorf("chain %s missing after the rebuild", x.chain)
+			}
+			rules, err := c.GetRules(table, chains[x.chain])
+			if err != nil {
+				return err
+			}
+			if len(rules) != 1 {
+				return fmt.Errorf("chain %s has %d rules, want 1", x.chain, len(rules))
+			}
+			if !reflect.DeepEqual(rules[0].Exprs, x.want) {
+				return fmt.Errorf("chain %s: the kernel hands back\n%s\nweft writes\n%s", x.chain, exprs(rules[0].Exprs), exprs(x.want))
+			}
+		}
+		return nil
+	})
+
+	t.Log("the raw chains as nft writes them are weft's")
+	run(t, n, "nft", "delete table ip weft")
+	run(t, n, "nft", `add table ip weft; `+
+		`add chain ip weft prerouting { type filter hook prerouting priority raw; policy accept; }; `+
+		`add chain ip weft output { type filter hook output priority raw; policy accept; }; `+
+		`add rule ip weft prerouting udp dport 6784 notrack comment "weft: notrack vxlan 6784"; `+
+		`add rule ip weft output udp dport 6784 notrack comment "weft: notrack vxlan 6784"`)
+	var got NAT
+	inNS(t, n, func() (err error) { got, err = observeNAT(); return err })
+	if !rawConverged(got.Prerouting, "prerouting", VXLANPort) || !rawConverged(got.Output, "output", VXLANPort) {
+		t.Fatalf("nft's own form of the notrack rules is not recognised: %s", natJSON(got))
+	}
+
+	t.Log("near misses are not weft's rules")
+	for _, rule := range []string{
+		`udp dport 6784 counter notrack comment "weft: notrack vxlan 6784"`, // another expression
+		`tcp dport 6784 notrack comment "weft: notrack vxlan 6784"`,         // another protocol
+		`udp dport 6785 notrack comment "weft: notrack vxlan 6784"`,         // port differs from the comment
+		`udp sport 6784 notrack comment "weft: notrack vxlan 6784"`,         // source port
+		`udp dport 6784 notrack comment "weft: notrack vxlan"`,              // comment without a port
+		`udp dport 6784 notrack`,                                            // no comment
+	} {
+		run(t, n, "nft", "add rule ip weft prerouting "+rule)
+	}
+	inNS(t, n, func() (err error) { got, err = observeNAT(); return err })
+	if want := []int{6784, 0, 0, 0, 0, 0, 0}; got.Prerouting == nil || !slices.Equal(got.Prerouting.Rules, want) {
+		t.Fatalf("prerouting rules read as %s, want ports %v", natJSON(got), want)
+	}
+}
+
+func exprs(es []expr.Any) string {
+	var b strings.Builder
+	for _, e := range es {
+		fmt.Fprintf(&b, "  %#v\n", e)
+	}
+	return b.String()
+}
+
+func natJSON(n NAT) string {
+	b, _ := json.Marshal(n)
+	return string(b)
 }
 
 // Apply is idempotent on its own: adding what exists as asked and deleting what is gone
@@ -384,7 +516,7 @@ func TestKernelApplyIdempotent(t *testing.T) {
 			NeighSet{Neigh: Neigh{Dev: VXLANName, IP: ip("10.32.0.64"), MAC: macB}},
 			FDBSet{FDB: FDB{Dev: VXLANName, MAC: macB, Dst: ip("198.18.0.2")}},
 			SysctlSet{Key: ipForward, Value: "1"},
-			MasqueradeSet{ClusterCIDR: d.ClusterCIDR},
+			NFTTableSet{ClusterCIDR: d.ClusterCIDR, VXLANPort: d.VXLAN.Port},
 			RouteDel{Route: gone},
 			NeighDel{Neigh: Neigh{Dev: VXLANName, IP: ip("10.32.9.9")}},
 			FDBDel{FDB: FDB{Dev: VXLANName, MAC: mustMAC("02:00:00:00:00:77"), Dst: ip("198.18.0.77")}},
@@ -528,6 +660,59 @@ func TestTwoNodeTraffic(t *testing.T) {
 	if got := links[0].Stats64.Rx.Packets; got < 3 {
 		t.Errorf("node B's VXLAN device received %d packets; the pings did not cross the overlay", got)
 	}
+
+	// Each node sent (output) and received (prerouting) VXLAN packets: none of them is
+	// tracked, while the pods' own packets inside the tunnel are.
+	const inner = "src=10.32.0.5 dst=10.32.0.69"
+	for name, node := range map[string]ns.NetNS{"node A": nodeA, "node B": nodeB} {
+		entries := conntrackEntries(t, node)
+		if e := vxlanEntry(entries, dA.VXLAN.Port); e != "" {
+			t.Errorf("%s tracks a VXLAN packet: %s", name, e)
+		}
+		if !slices.ContainsFunc(entries, func(e string) bool { return strings.Contains(e, inner) }) {
+			t.Errorf("%s does not track the pods' traffic (%s); conntrack has:\n%s", name, inner, strings.Join(entries, "\n"))
+		}
+	}
+
+	t.Log("without the prerouting chain node B tracks the VXLAN packets it receives: the check above can fail")
+	run(t, nodeB, "nft", "delete chain ip weft prerouting")
+	run(t, nodeB, "conntrack", "-F")
+	ping(t, podA, "10.32.0.69")
+	if vxlanEntry(conntrackEntries(t, nodeB), dB.VXLAN.Port) == "" {
+		t.Fatalf("node B tracks no VXLAN packet even without its prerouting chain; conntrack has:\n%s",
+			strings.Join(conntrackEntries(t, nodeB), "\n"))
+	}
+	r := NewReconciler(NewKernel())
+	checkOps(t, reconcile(t, nodeB, r, dB), "nft rebuild table ip weft { postrouting: ip saddr 10.32.0.0/16 ip daddr != 10.32.0.0/16 masquerade; prerouting, output: udp dport 6784 notrack }")
+	checkOps(t, reconcile(t, nodeB, r, dB))
+	run(t, nodeB, "conntrack", "-F")
+	ping(t, podA, "10.32.0.69")
+	if e := vxlanEntry(conntrackEntries(t, nodeB), dB.VXLAN.Port); e != "" {
+		t.Errorf("node B still tracks VXLAN packets after the rebuild: %s", e)
+	}
+}
+
+// conntrackEntries lists the connection tracking table of n's namespace, one entry a line.
+func conntrackEntries(t *testing.T, n ns.NetNS) []string {
+	t.Helper()
+	var entries []string
+	for _, line := range strings.Split(run(t, n, "conntrack", "-L"), "\n") {
+		if line = strings.TrimSpace(line); line != "" && !strings.HasPrefix(line, "conntrack v") { // the summary
+			entries = append(entries, line)
+		}
+	}
+	return entries
+}
+
+// vxlanEntry returns the first entry for UDP to port, "" if there is none.
+func vxlanEntry(entries []string, port int) string {
+	for _, e := range entries {
+		f := strings.Fields(e)
+		if len(f) > 0 && f[0] == "udp" && slices.Contains(f, fmt.Sprintf("dport=%d", port)) {
+			return e
+		}
+	}
+	return ""
 }
 
 // sourceSeen pings dst from inside from and returns the source address of the first echo

@@ -1,6 +1,8 @@
 package dataplane
 
 import (
+	"encoding/binary"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -14,11 +16,15 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// masqComment tags weft's masquerade rule; `nft list table ip weft` shows it as the rule's
-// comment. A rule counts as weft's only if the comment and the expressions both match.
-const masqComment = "weft: masquerade "
+// masqComment and notrackComment tag weft's rules; `nft list table ip weft` shows them as
+// the rules' comments. A rule counts as weft's only if the comment and the expressions both
+// match.
+const (
+	masqComment    = "weft: masquerade "
+	notrackComment = "weft: notrack vxlan "
+)
 
-func natTable() *nftables.Table {
+func nftTable() *nftables.Table {
 	return &nftables.Table{Name: NFTTable, Family: nftables.TableFamilyIPv4}
 }
 
@@ -27,6 +33,15 @@ func natChain(t *nftables.Table) *nftables.Chain {
 	return &nftables.Chain{
 		Name: natChainName, Table: t, Type: nftables.ChainTypeNAT,
 		Hooknum: nftables.ChainHookPostrouting, Priority: nftables.ChainPriorityNATSource, Policy: &accept,
+	}
+}
+
+// rawChain is `chain <name> { type filter hook <hook> priority raw; policy accept; }`.
+func rawChain(t *nftables.Table, name string, hook *nftables.ChainHook) *nftables.Chain {
+	accept := nftables.ChainPolicyAccept
+	return &nftables.Chain{
+		Name: name, Table: t, Type: nftables.ChainTypeFilter,
+		Hooknum: hook, Priority: nftables.ChainPriorityRaw, Policy: &accept,
 	}
 }
 
@@ -46,6 +61,20 @@ func masqExprs(cidr netip.Prefix) []expr.Any {
 	return append(append(match(12, expr.CmpOpEq), match(16, expr.CmpOpNeq)...), &expr.Masq{})
 }
 
+// notrackExprs is `udp dport <port> notrack`, written the way the kernel hands it back (and
+// the way nft itself writes it: the protocol from meta l4proto, then the destination port at
+// offset 2 of the transport header, big-endian).
+func notrackExprs(port int) []expr.Any {
+	dport := binary.BigEndian.AppendUint16(nil, uint16(port))
+	return []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_UDP}},
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: dport},
+		&expr.Notrack{},
+	}
+}
+
 // masqCIDROf returns the cluster CIDR of r if r is exactly weft's masquerade rule for it,
 // the zero Prefix otherwise.
 func masqCIDROf(r *nftables.Rule) netip.Prefix {
@@ -60,6 +89,20 @@ func masqCIDROf(r *nftables.Rule) netip.Prefix {
 	return cidr
 }
 
+// notrackPortOf returns the UDP port of r if r is exactly weft's notrack rule for it, 0
+// otherwise.
+func notrackPortOf(r *nftables.Rule) int {
+	comment, ok := userdata.GetString(r.UserData, userdata.TypeComment)
+	if !ok || !strings.HasPrefix(comment, notrackComment) {
+		return 0
+	}
+	port, err := strconv.Atoi(strings.TrimPrefix(comment, notrackComment))
+	if err != nil || port < 1 || port > 65535 || !reflect.DeepEqual(r.Exprs, notrackExprs(port)) {
+		return 0
+	}
+	return port
+}
+
 var hookNames = map[nftables.ChainHook]string{
 	unix.NF_INET_PRE_ROUTING:  "prerouting",
 	unix.NF_INET_LOCAL_IN:     "input",
@@ -68,13 +111,14 @@ var hookNames = map[nftables.ChainHook]string{
 	unix.NF_INET_POST_ROUTING: "postrouting",
 }
 
-// findNATChain returns weft's table and postrouting chain as the kernel has them (nil
-// when absent).
-func findNATChain(c *nftables.Conn) (table *nftables.Table, chain *nftables.Chain, err error) {
+// findTable returns weft's table as the kernel has it (nil when absent) and its chains by
+// name.
+func findTable(c *nftables.Conn) (*nftables.Table, map[string]*nftables.Chain, error) {
 	tables, err := c.ListTablesOfFamily(nftables.TableFamilyIPv4)
 	if err != nil {
 		return nil, nil, fmt.Errorf("listing nftables tables: %w (is the nf_tables module available?)", err)
 	}
+	var table *nftables.Table
 	for _, t := range tables {
 		if t.Name == NFTTable {
 			table = t
@@ -87,13 +131,33 @@ func findNATChain(c *nftables.Conn) (table *nftables.Table, chain *nftables.Chai
 	if err != nil {
 		return nil, nil, fmt.Errorf("listing nftables chains: %w", err)
 	}
+	byName := map[string]*nftables.Chain{}
 	for _, ch := range chains {
-		if ch.Table != nil && ch.Table.Name == NFTTable && ch.Name == natChainName {
+		if ch.Table != nil && ch.Table.Name == NFTTable {
 			ch.Table = table
-			return table, ch, nil
+			byName[ch.Name] = ch
 		}
 	}
-	return table, nil, nil
+	return table, byName, nil
+}
+
+// chainHeader describes a chain's type, hook, priority and policy the way NATChain and
+// RawChain hold them.
+func chainHeader(ch *nftables.Chain) (typ, hook string, priority int, policy string) {
+	typ, policy = string(ch.Type), "accept"
+	if ch.Hooknum != nil {
+		hook = hookNames[*ch.Hooknum]
+		if hook == "" {
+			hook = strconv.Itoa(int(*ch.Hooknum))
+		}
+	}
+	if ch.Priority != nil {
+		priority = int(*ch.Priority)
+	}
+	if ch.Policy != nil && *ch.Policy == nftables.ChainPolicyDrop {
+		policy = "drop"
+	}
+	return typ, hook, priority, policy
 }
 
 func observeNAT() (NAT, error) {
@@ -101,78 +165,90 @@ func observeNAT() (NAT, error) {
 	if err != nil {
 		return NAT{}, fmt.Errorf("opening nftables: %w", err)
 	}
-	table, chain, err := findNATChain(c)
+	table, chains, err := findTable(c)
 	if err != nil || table == nil {
 		return NAT{}, err
 	}
-	n := NAT{Table: true}
-	if chain == nil {
-		return n, nil
-	}
-	nc := &NATChain{Type: string(chain.Type), Policy: "accept"}
-	if chain.Hooknum != nil {
-		nc.Hook = hookNames[*chain.Hooknum]
-		if nc.Hook == "" {
-			nc.Hook = strconv.Itoa(int(*chain.Hooknum))
+	rules := func(ch *nftables.Chain) ([]*nftables.Rule, error) {
+		rs, err := c.GetRules(table, ch)
+		if err != nil {
+			return nil, fmt.Errorf("listing rules of chain ip %s %s: %w", NFTTable, ch.Name, err)
 		}
+		return rs, nil
 	}
-	if chain.Priority != nil {
-		nc.Priority = int(*chain.Priority)
+	n := NAT{Table: true}
+	if ch := chains[natChainName]; ch != nil {
+		nc := &NATChain{}
+		nc.Type, nc.Hook, nc.Priority, nc.Policy = chainHeader(ch)
+		rs, err := rules(ch)
+		if err != nil {
+			return NAT{}, err
+		}
+		for _, r := range rs {
+			nc.Rules = append(nc.Rules, masqCIDROf(r))
+		}
+		n.Chain = nc
 	}
-	if chain.Policy != nil && *chain.Policy == nftables.ChainPolicyDrop {
-		nc.Policy = "drop"
+	for _, raw := range []struct {
+		name string
+		into **RawChain
+	}{{rawPreroutingName, &n.Prerouting}, {rawOutputName, &n.Output}} {
+		ch := chains[raw.name]
+		if ch == nil {
+			continue
+		}
+		rc := &RawChain{}
+		rc.Type, rc.Hook, rc.Priority, rc.Policy = chainHeader(ch)
+		rs, err := rules(ch)
+		if err != nil {
+			return NAT{}, err
+		}
+		for _, r := range rs {
+			rc.Rules = append(rc.Rules, notrackPortOf(r))
+		}
+		*raw.into = rc
 	}
-	rules, err := c.GetRules(table, chain)
-	if err != nil {
-		return NAT{}, fmt.Errorf("listing rules of chain ip %s %s: %w", NFTTable, natChainName, err)
-	}
-	for _, r := range rules {
-		nc.Rules = append(nc.Rules, masqCIDROf(r))
-	}
-	n.Chain = nc
 	return n, nil
 }
 
-// setMasquerade makes the chain hold exactly the masquerade rule for cidr, in a single
-// nftables transaction: the old rules go and the new one comes at once, so there is never a
-// moment without masquerading. A chain of the wrong type, hook or priority cannot be
-// changed in place; then the whole table (weft's alone) is recreated, in the same
-// transaction.
-func setMasquerade(cidr netip.Prefix) error {
+// setTable makes table "ip weft" hold exactly weft's three chains and their rules, in a
+// single nftables transaction: the old table goes and the new one comes at once, so there is
+// never a moment without masquerading (or with the VXLAN packets tracked again). The table
+// is weft's alone, so it is rebuilt whole rather than patched.
+func setTable(cidr netip.Prefix, vxlanPort int) error {
+	if vxlanPort < 1 || vxlanPort > 65535 {
+		return fmt.Errorf("VXLAN port %d: must be 1 to 65535 (fix the agent's VXLAN port setting)", vxlanPort)
+	}
 	c, err := nftables.New()
 	if err != nil {
 		return fmt.Errorf("opening nftables: %w", err)
 	}
-	_, existing, err := findNATChain(c)
-	if err != nil {
-		return err
-	}
-	table := natTable()
-	chain := natChain(table)
-	switch {
-	case existing == nil:
-		c.AddTable(table)
-		c.AddChain(chain)
-	case sameBaseChain(existing, chain):
-		c.FlushChain(chain)
-	default:
-		c.DelTable(table)
-		c.AddTable(table)
-		c.AddChain(chain)
+	table := nftTable()
+	// Add (a no-op if the table exists), delete, add: the transaction deletes the table
+	// whether or not it is there, without a listing that could be stale by the time it runs.
+	c.AddTable(table)
+	c.DelTable(table)
+	c.AddTable(table)
+	// Chains in the order packets meet them: `nft list` shows them so.
+	pre := c.AddChain(rawChain(table, rawPreroutingName, nftables.ChainHookPrerouting))
+	out := c.AddChain(rawChain(table, rawOutputName, nftables.ChainHookOutput))
+	post := c.AddChain(natChain(table))
+	for _, ch := range []*nftables.Chain{pre, out} {
+		c.AddRule(&nftables.Rule{
+			Table: table, Chain: ch, Exprs: notrackExprs(vxlanPort),
+			UserData: userdata.AppendString(nil, userdata.TypeComment, notrackComment+strconv.Itoa(vxlanPort)),
+		})
 	}
 	c.AddRule(&nftables.Rule{
-		Table: table, Chain: chain, Exprs: masqExprs(cidr),
+		Table: table, Chain: post, Exprs: masqExprs(cidr),
 		UserData: userdata.AppendString(nil, userdata.TypeComment, masqComment+cidr.String()),
 	})
 	if err := c.Flush(); err != nil {
-		return fmt.Errorf("nftables transaction: %w", err)
+		hint := ""
+		if errors.Is(err, unix.ENOENT) { // an expression or chain type the kernel does not know
+			hint = " (load nft_ct, nft_masq and nft_chain_nat, or use a kernel with CONFIG_NFT_CT, CONFIG_NFT_MASQ and CONFIG_NFT_NAT)"
+		}
+		return fmt.Errorf("nftables transaction rebuilding table ip %s: %w%s", NFTTable, err, hint)
 	}
 	return nil
-}
-
-func sameBaseChain(have, want *nftables.Chain) bool {
-	eq := func(a, b *nftables.ChainHook) bool { return a != nil && b != nil && *a == *b }
-	return have.Type == want.Type && eq(have.Hooknum, want.Hooknum) &&
-		have.Priority != nil && *have.Priority == *want.Priority &&
-		(have.Policy == nil || *have.Policy == *want.Policy)
 }

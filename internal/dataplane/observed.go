@@ -88,6 +88,9 @@ type NAT struct {
 	Table bool
 	// Chain is the chain "postrouting" of the table, nil when absent.
 	Chain *NATChain
+	// Prerouting and Output are the chains "prerouting" and "output", nil when absent.
+	Prerouting *RawChain
+	Output     *RawChain
 }
 
 // NATChain describes weft's postrouting chain.
@@ -101,13 +104,32 @@ type NATChain struct {
 	Rules []netip.Prefix
 }
 
-// The chain weft installs: type nat hook postrouting priority srcnat policy accept.
+// RawChain describes one of weft's raw chains, prerouting and output, which exempt the
+// overlay's outer (VXLAN) packets from connection tracking.
+type RawChain struct {
+	Type     string // "filter"
+	Hook     string // "prerouting" or "output", or the hook number when it is another one
+	Priority int    // -300 (raw)
+	Policy   string // "accept" or "drop"
+	// Rules has one entry per rule in the chain: the UDP port of a rule that is exactly
+	// weft's notrack rule, 0 for any other rule.
+	Rules []int
+}
+
+// The chains weft installs: type nat hook postrouting priority srcnat policy accept, and
+// type filter hook prerouting/output priority raw policy accept.
 const (
 	natChainName     = "postrouting"
 	natChainType     = "nat"
 	natChainHook     = "postrouting"
 	natChainPriority = 100
 	natChainPolicy   = "accept"
+
+	rawPreroutingName = "prerouting"
+	rawOutputName     = "output"
+	rawChainType      = "filter"
+	rawChainPriority  = -300
+	rawChainPolicy    = "accept"
 )
 
 // ours reports whether an FDB entry is one weft manages: a permanent unicast entry with a

@@ -77,26 +77,31 @@ type SysctlSet struct {
 	Value string
 }
 
-// MasqueradeSet makes table "ip weft" chain "postrouting" hold exactly the masquerade rule
-// for ClusterCIDR, in one atomic nftables transaction.
-type MasqueradeSet struct{ ClusterCIDR netip.Prefix }
+// NFTTableSet rebuilds table "ip weft" in one atomic nftables transaction: chain
+// "postrouting" (nat, srcnat) with the masquerade rule for ClusterCIDR, and chains
+// "prerouting" and "output" (filter, raw) that exempt UDP packets to VXLANPort, the overlay's
+// outer packets, from connection tracking.
+type NFTTableSet struct {
+	ClusterCIDR netip.Prefix
+	VXLANPort   int
+}
 
-func (LinkAdd) isOp()       {}
-func (LinkDel) isOp()       {}
-func (LinkSetMTU) isOp()    {}
-func (LinkSetMAC) isOp()    {}
-func (LinkSetUp) isOp()     {}
-func (AddrAdd) isOp()       {}
-func (AddrDel) isOp()       {}
-func (RouteAdd) isOp()      {}
-func (RouteReplace) isOp()  {}
-func (RouteDel) isOp()      {}
-func (NeighSet) isOp()      {}
-func (NeighDel) isOp()      {}
-func (FDBSet) isOp()        {}
-func (FDBDel) isOp()        {}
-func (SysctlSet) isOp()     {}
-func (MasqueradeSet) isOp() {}
+func (LinkAdd) isOp()      {}
+func (LinkDel) isOp()      {}
+func (LinkSetMTU) isOp()   {}
+func (LinkSetMAC) isOp()   {}
+func (LinkSetUp) isOp()    {}
+func (AddrAdd) isOp()      {}
+func (AddrDel) isOp()      {}
+func (RouteAdd) isOp()     {}
+func (RouteReplace) isOp() {}
+func (RouteDel) isOp()     {}
+func (NeighSet) isOp()     {}
+func (NeighDel) isOp()     {}
+func (FDBSet) isOp()       {}
+func (FDBDel) isOp()       {}
+func (SysctlSet) isOp()    {}
+func (NFTTableSet) isOp()  {}
 
 func (o LinkAdd) String() string { return "link add " + o.Link.String() }
 func (o LinkDel) String() string { return "link del " + o.Name }
@@ -127,9 +132,9 @@ func (o FDBDel) String() string {
 	return fmt.Sprintf("fdb del %s dst %s dev %s self", o.FDB.MAC, o.FDB.Dst, o.FDB.Dev)
 }
 func (o SysctlSet) String() string { return "sysctl " + o.Key + "=" + o.Value }
-func (o MasqueradeSet) String() string {
-	return fmt.Sprintf("nft rebuild chain ip %s %s { type %s hook %s priority srcnat; ip saddr %s ip daddr != %s masquerade }",
-		NFTTable, natChainName, natChainType, natChainHook, o.ClusterCIDR, o.ClusterCIDR)
+func (o NFTTableSet) String() string {
+	return fmt.Sprintf("nft rebuild table ip %s { %s: ip saddr %s ip daddr != %s masquerade; %s, %s: udp dport %d notrack }",
+		NFTTable, natChainName, o.ClusterCIDR, o.ClusterCIDR, rawPreroutingName, rawOutputName, o.VXLANPort)
 }
 
 func verb(replace bool) string {

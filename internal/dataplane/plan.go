@@ -13,7 +13,7 @@ import (
 // or of o's slices.
 //
 // Ops come in apply order: links, addresses, route deletes, neighbour and FDB entries, route
-// adds and replaces, then the sysctl and the masquerade rule. So a route never points at a
+// adds and replaces, then the sysctl and the nftables table. So a route never points at a
 // peer whose neighbour or FDB entry is missing, and a route that goes away goes first.
 //
 // Adds and updates are always planned. Deletes of entries that are not desired (routes with
@@ -39,8 +39,8 @@ func Plan(d Desired, o Observed) []Op {
 	if !o.IPForward {
 		tail = append(tail, SysctlSet{Key: ipForward, Value: "1"})
 	}
-	if !natConverged(o.NAT, d.ClusterCIDR) {
-		tail = append(tail, MasqueradeSet{ClusterCIDR: d.ClusterCIDR})
+	if !natConverged(o.NAT, d.ClusterCIDR, d.VXLAN.Port) {
+		tail = append(tail, NFTTableSet{ClusterCIDR: d.ClusterCIDR, VXLANPort: d.VXLAN.Port})
 	}
 	return slices.Concat(brOps, vxOps, addrAdds, addrDels, routeDels,
 		neighSets, fdbSets, neighDels, fdbDels, routeSets, tail)
@@ -265,13 +265,23 @@ func planLink(want Link, have *Link) (ops []Op, fresh bool) {
 	return append(ops, LinkAdd{Link: want}, LinkSetUp{Name: want.Name}), true
 }
 
-// natConverged reports whether the chain is exactly weft's: base chain of the right type,
-// hook, priority and policy, holding exactly one rule, the masquerade rule for cidr.
-func natConverged(n NAT, cidr netip.Prefix) bool {
+// natConverged reports whether table "ip weft" is exactly weft's: the postrouting chain of
+// the right type, hook, priority and policy holding exactly the masquerade rule for cidr,
+// and the raw chains prerouting and output, each holding exactly the notrack rule for the
+// VXLAN port. Other chains in the table are not observed; the rebuild removes them anyway.
+func natConverged(n NAT, cidr netip.Prefix, vxlanPort int) bool {
 	c := n.Chain
 	return n.Table && c != nil && c.Type == natChainType && c.Hook == natChainHook &&
 		c.Priority == natChainPriority && c.Policy == natChainPolicy &&
-		len(c.Rules) == 1 && c.Rules[0] == cidr
+		len(c.Rules) == 1 && c.Rules[0] == cidr &&
+		rawConverged(n.Prerouting, rawPreroutingName, vxlanPort) &&
+		rawConverged(n.Output, rawOutputName, vxlanPort)
+}
+
+func rawConverged(c *RawChain, hook string, port int) bool {
+	return c != nil && c.Type == rawChainType && c.Hook == hook &&
+		c.Priority == rawChainPriority && c.Policy == rawChainPolicy &&
+		len(c.Rules) == 1 && c.Rules[0] == port
 }
 
 func find(idx []int, ok func(int) bool) (int, bool) {

@@ -70,8 +70,14 @@ func converged(d Desired) Observed {
 			{Dev: vx.Name, Prefix: netip.PrefixFrom(vx.TunnelIP, 32)},
 		},
 		IPForward: true,
-		NAT: NAT{Table: true, Chain: &NATChain{Type: "nat", Hook: "postrouting", Priority: 100,
-			Policy: "accept", Rules: []netip.Prefix{d.ClusterCIDR}}},
+		NAT: NAT{Table: true,
+			Chain: &NATChain{Type: "nat", Hook: "postrouting", Priority: 100,
+				Policy: "accept", Rules: []netip.Prefix{d.ClusterCIDR}},
+			Prerouting: &RawChain{Type: "filter", Hook: "prerouting", Priority: -300,
+				Policy: "accept", Rules: []int{vx.Port}},
+			Output: &RawChain{Type: "filter", Hook: "output", Priority: -300,
+				Policy: "accept", Rules: []int{vx.Port}},
+		},
 	}
 	for _, b := range d.Bridge.Blocks {
 		o.Routes = append(o.Routes, Route{Dst: b, Dev: d.Bridge.Name, Scope: ScopeLink, Src: d.Bridge.Gateway})
@@ -269,6 +275,43 @@ var planCases = []struct {
 			return o
 		}(),
 	},
+	{
+		name: "notrack-chain-missing",
+		d:    desiredA(true),
+		o: func() Observed {
+			o := converged(desiredA(true))
+			o.NAT.Prerouting = nil // e.g. the table of an older weft, masquerade only
+			return o
+		}(),
+	},
+	{
+		name: "notrack-foreign-rule",
+		d:    desiredA(true),
+		o: func() Observed {
+			o := converged(desiredA(true))
+			o.NAT.Output.Rules = []int{VXLANPort, 0} // someone added a rule
+			return o
+		}(),
+	},
+	{
+		name: "notrack-old-port",
+		d:    desiredA(true),
+		o: func() Observed {
+			o := converged(desiredA(true))
+			o.NAT.Prerouting.Rules = []int{4789} // left by an agent with another VXLAN port
+			o.NAT.Output.Rules = []int{4789}
+			return o
+		}(),
+	},
+	{
+		name: "notrack-chain-wrong-priority",
+		d:    desiredA(true),
+		o: func() Observed {
+			o := converged(desiredA(true))
+			o.NAT.Output.Priority = 0 // filter priority: after conntrack, too late for notrack
+			return o
+		}(),
+	},
 }
 
 // withStale adds entries weft once made and no longer wants, and some it must never touch.
@@ -396,6 +439,8 @@ func TestOpStrings(t *testing.T) {
 			"fdb replace 02:00:00:00:00:0b dst 198.18.0.2 dev weft-vxlan self permanent"},
 		{LinkAdd{Link{Name: VXLANName, Kind: "vxlan", VNI: 1, Port: 6784, Local: ip("198.18.0.1"), Underlay: "eth0", MAC: macA, MTU: 1450}},
 			"link add weft-vxlan type vxlan id 1 dstport 6784 local 198.18.0.1 dev eth0 nolearning address 02:00:00:00:00:0a mtu 1450"},
+		{NFTTableSet{ClusterCIDR: cidr("10.32.0.0/16"), VXLANPort: 6784},
+			"nft rebuild table ip weft { postrouting: ip saddr 10.32.0.0/16 ip daddr != 10.32.0.0/16 masquerade; prerouting, output: udp dport 6784 notrack }"},
 	} {
 		if got := tc.op.String(); got != tc.want {
 			t.Errorf("got  %q\nwant %q", got, tc.want)
