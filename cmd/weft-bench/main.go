@@ -44,6 +44,7 @@ func run() error {
 		out              = flag.String("o", "bench-results.json", "where to write the JSON results")
 		shared           = flag.String("shared", "", "note that the machine was shared while measuring, and how")
 		simSizes         = flag.String("sim-sizes", "", "member counts of the simulated control-plane benchmark, e.g. 100,1000 (default 100,300, projected to 1000); with -items 4, only the simulation runs")
+		labSizes         = flag.String("lab-sizes", "", "node counts of the labs of items 3-5, e.g. 100 (default 10,50,100; 10 with -quick)")
 		cleanupLeftovers = flag.Bool("cleanup", false, "only remove namespaces left by a killed run, then exit")
 	)
 	flag.Parse()
@@ -77,6 +78,16 @@ func run() error {
 			return fmt.Errorf("-sim-sizes: %q is not a member count between 2 and 4000", s)
 		}
 		o.SimSizes = append(o.SimSizes, n)
+	}
+	for _, s := range strings.Split(*labSizes, ",") {
+		if s = strings.TrimSpace(s); s == "" {
+			continue
+		}
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 2 || n > 250 {
+			return fmt.Errorf("-lab-sizes: %q is not a node count between 2 and 250", s)
+		}
+		o.LabSizes = append(o.LabSizes, n)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()

@@ -21,6 +21,12 @@ import (
 type observe struct {
 	health  *health.Monitor // nil when probing is off (ProbePort 0)
 	metrics *metrics.Metrics
+
+	ulMTU struct { // the underlay MTU as last read, for underlayMTU
+		sync.Mutex
+		at  time.Time
+		mtu int
+	}
 }
 
 func (a *Agent) initObserve() {
@@ -68,13 +74,19 @@ func (a *Agent) probeInfo() health.Info {
 	return info
 }
 
-// underlayMTU is the underlay interface's MTU now (it may change under the agent).
+// underlayMTU is the underlay interface's MTU (it may change under the agent), read at
+// most once a second: the probes size their large packets by it, several times a second.
 func (a *Agent) underlayMTU() int {
-	l, err := netlink.LinkByName(a.underlay)
-	if err != nil {
-		return 0
+	a.ulMTU.Lock()
+	defer a.ulMTU.Unlock()
+	if time.Since(a.ulMTU.at) < time.Second {
+		return a.ulMTU.mtu
 	}
-	return l.Attrs().MTU
+	a.ulMTU.at, a.ulMTU.mtu = time.Now(), 0
+	if l, err := netlink.LinkByName(a.underlay); err == nil {
+		a.ulMTU.mtu = l.Attrs().MTU
+	}
+	return a.ulMTU.mtu
 }
 
 // kernelReport compares the desired kernel entries with the kernel's, without changing it.

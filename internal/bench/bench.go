@@ -31,6 +31,9 @@ type Options struct {
 	// SimSizes overrides the member counts of the simulated control-plane benchmark
 	// (default 100 and 300; the last one is projected to 1,000 if below it).
 	SimSizes []int
+	// LabSizes overrides the node counts of the labs of items 3, 4 and 5 (default 10, 50
+	// and 100; 10 in quick mode).
+	LabSizes []int
 	// Shared, if not empty, notes that the machine was shared while measuring.
 	Shared string
 	// Out receives progress lines.

@@ -32,6 +32,9 @@ func labScale(ctx context.Context, o Options, r *Report) error {
 		sizes, cycles = []int{10}, 2
 		podSizes, podNodes = []int{10, 40}, 5
 	}
+	if len(o.LabSizes) > 0 {
+		sizes = o.LabSizes
+	}
 	var errs []error
 	type kpoint struct{ x, entries, all int }
 	var byNodes []kpoint

@@ -3,6 +3,7 @@ package cluster
 import (
 	"bytes"
 	"cmp"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -106,17 +107,37 @@ func Start(cfg Config) (*Cluster, error) {
 	return c, nil
 }
 
-// Join contacts peers ("ip" or "ip:port") and exchanges full state with those that answer.
-// It returns how many answered.
+// joinParallel bounds how many peers Join exchanges state with at once.
+const joinParallel = 16
+
+// Join contacts peers ("ip" or "ip:port") and exchanges full state with each one that
+// answers, up to joinParallel at a time. It returns how many answered.
+//
+// Contacting every peer directly, rather than one and letting gossip spread the news, puts
+// a joining node's record on every peer within one round trip; and in parallel, because
+// memberlist waits up to its TCP timeout (10 s) for a peer that does not answer, which,
+// one peer after another, held up a join behind a partition for minutes.
 func (c *Cluster) Join(peers []string) (int, error) {
-	addrs := make([]string, 0, len(peers))
-	for _, p := range peers {
+	var (
+		answered atomic.Int64
+		errs     = make([]error, len(peers))
+		sem      = make(chan struct{}, joinParallel)
+		wg       sync.WaitGroup
+	)
+	for i, p := range peers {
 		if _, _, err := net.SplitHostPort(p); err != nil {
 			p = net.JoinHostPort(p, strconv.Itoa(DefaultPort))
 		}
-		addrs = append(addrs, p)
+		wg.Go(func() {
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			n, err := c.ml.Join([]string{p})
+			answered.Add(int64(n))
+			errs[i] = err
+		})
 	}
-	return c.ml.Join(addrs)
+	wg.Wait()
+	return int(answered.Load()), errors.Join(errs...)
 }
 
 // Update publishes a new version of this node's record.

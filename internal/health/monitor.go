@@ -199,7 +199,8 @@ func (m *Monitor) probe(ctx context.Context, dst netip.AddrPort, size int, kind 
 		return probeResult{err: unwrapErrno(err), local: true}
 	}
 	_ = conn.SetReadDeadline(start.Add(m.cfg.Timeout))
-	buf := make([]byte, 65536)
+	// An answer is as long as the probe, or the answer header and a name of up to 255 bytes.
+	buf := make([]byte, max(size, minAnswer+255)+1)
 	for {
 		n, err := conn.Read(buf)
 		if err != nil {
