@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"net/netip"
 	"os"
@@ -162,16 +163,24 @@ func (a *Agent) blocksChanged() {
 	a.reconcile()
 }
 
+// confirmAfter is how soon a reconcile that changed the kernel is followed by another, which
+// confirms the change and clears the health report of the entries it found missing.
+const confirmAfter = time.Second
+
 func (a *Agent) reconcileLoop(ctx context.Context) {
 	t := time.NewTicker(a.cfg.Resync)
 	defer t.Stop()
 	for {
-		a.reconcile()
+		var confirm <-chan time.Time
+		if a.reconcile() > 0 {
+			confirm = time.After(min(confirmAfter, a.cfg.Resync))
+		}
 		select {
 		case <-ctx.Done():
 			return
 		case <-a.kick:
 		case <-t.C:
+		case <-confirm:
 		}
 	}
 }
@@ -206,16 +215,19 @@ func (a *Agent) desired() dataplane.Desired {
 	return d
 }
 
-func (a *Agent) reconcile() {
+// reconcile makes the kernel match the desired state and returns how many changes that took.
+func (a *Agent) reconcile() int {
 	a.recMu.Lock()
 	defer a.recMu.Unlock()
-	res, err := a.recon.Reconcile(a.desired())
+	d := a.desired()
+	res, err := a.recon.Reconcile(d)
+	a.recordKernel(d, res, err)
 	a.reconciles++
 	a.lastAttempt = time.Now()
 	a.lastErr = err
 	if err != nil {
 		a.log.Error("reconciling the dataplane (will retry)", "err", err)
-		return
+		return len(res.Ops)
 	}
 	for _, e := range res.Ignored {
 		a.log.Warn("ignoring part of a peer's record", "err", e)
@@ -231,6 +243,7 @@ func (a *Agent) reconcile() {
 		a.log.Info("dataplane ready", "ops", len(res.Ops))
 		a.becameReady()
 	}
+	return len(res.Ops)
 }
 
 // joinLoop joins every discovered peer that is not a live member, at start and then every
@@ -252,12 +265,49 @@ func (a *Agent) joinLoop(ctx context.Context) {
 	}
 }
 
+// joinFirst is how many missing peers a join contacts first. The state they hand back
+// names the rest of the cluster, and the rest learns of this node by gossip; contacting
+// every peer directly instead would make a whole cluster starting at once exchange its
+// full state N x N times.
+const joinFirst = 3
+
+// joinMissing joins the discovered peers that are not live members: first a few at
+// random, then, in parallel, whoever is still missing after their state arrived (all of
+// them when none of the first answered: another partition, or a cluster still starting).
 func (a *Agent) joinMissing(ctx context.Context) {
 	peers, err := a.cfg.Discovery.Peers(ctx)
 	if err != nil {
 		a.log.Warn("discovering peers", "err", err)
 		return
 	}
+	if len(peers) == 0 {
+		a.setSynced() // a cluster of one: nothing to wait for
+		return
+	}
+	missing := a.missingPeers(peers)
+	if len(missing) == 0 {
+		a.setSynced()
+		return
+	}
+	rand.Shuffle(len(missing), func(i, j int) { missing[i], missing[j] = missing[j], missing[i] })
+	first := missing[:min(joinFirst, len(missing))]
+	n, err := a.cluster.Join(first)
+	if rest := a.missingPeers(peers); len(rest) > 0 && ctx.Err() == nil {
+		var m int
+		m, err = a.cluster.Join(rest)
+		n += m
+	}
+	if n > 0 {
+		a.setSynced()
+	}
+	if err != nil && n == 0 {
+		a.log.Debug("joining peers", "peers", missing, "err", err)
+	}
+}
+
+// missingPeers returns the peers ("ip" or "ip:port") that are neither this node nor a
+// live member.
+func (a *Agent) missingPeers(peers []string) []string {
 	live := a.cluster.LiveAddrs()
 	var missing []string
 	for _, p := range peers {
@@ -271,21 +321,7 @@ func (a *Agent) joinMissing(ctx context.Context) {
 		}
 		missing = append(missing, p)
 	}
-	if len(peers) == 0 {
-		a.setSynced() // a cluster of one: nothing to wait for
-		return
-	}
-	if len(missing) == 0 {
-		a.setSynced()
-		return
-	}
-	n, err := a.cluster.Join(missing)
-	if n > 0 {
-		a.setSynced()
-	}
-	if err != nil && n == 0 {
-		a.log.Debug("joining peers", "peers", missing, "err", err)
-	}
+	return missing
 }
 
 func (a *Agent) setSynced() {

@@ -11,6 +11,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/weftnet/weft/internal/api"
+	"github.com/weftnet/weft/internal/dataplane"
 	"github.com/weftnet/weft/internal/health"
 	"github.com/weftnet/weft/internal/metrics"
 	"github.com/weftnet/weft/internal/statuspage"
@@ -39,7 +40,6 @@ func (a *Agent) initObserve() {
 		Targets:     a.probeTargets,
 		UnderlayMTU: a.underlayMTU,
 		OverlayMTU:  func() int { return a.mtu },
-		Kernel:      a.kernelReport,
 	})
 }
 
@@ -89,17 +89,20 @@ func (a *Agent) underlayMTU() int {
 	return a.ulMTU.mtu
 }
 
-// kernelReport compares the desired kernel entries with the kernel's, without changing it.
-func (a *Agent) kernelReport() health.KernelReport {
-	d := a.desired()
-	now := time.Now().UTC()
-	o, err := a.cfg.Kernel.Observe(d.Bridge.Name, d.VXLAN.Name)
-	if err != nil {
-		return health.KernelReport{Status: api.KernelStatus{CheckedAt: now, Error: err.Error()}}
+// recordKernel hands the health monitor the difference between d and what the kernel had
+// when the reconcile res read it (err: the reconcile failed, perhaps before reading).
+func (a *Agent) recordKernel(d dataplane.Desired, res dataplane.Result, err error) {
+	if a.health == nil {
+		return
 	}
-	r := health.KernelDiff(d, o)
+	now := time.Now().UTC()
+	if err != nil && res.Observed.Bridge == nil && res.Observed.VXLAN == nil {
+		a.health.SetKernel(health.KernelReport{Status: api.KernelStatus{CheckedAt: now, Error: err.Error()}})
+		return
+	}
+	r := health.KernelDiff(d, res.Observed)
 	r.Status.CheckedAt = now
-	return r
+	a.health.SetKernel(r)
 }
 
 // observeStatus adds the health view to the status.

@@ -26,6 +26,9 @@ type Result struct {
 	// ErrInvalidDesired). The rest was reconciled; log these, they are another node's
 	// problem and clear up when that node is fixed.
 	Ignored []error
+	// Observed is the kernel state the plan started from (zero if it could not be read):
+	// what had drifted before this Reconcile repaired it.
+	Observed Observed
 }
 
 // Reconciler makes the kernel match a Desired: observe, plan, apply the difference.
@@ -59,6 +62,7 @@ func (r *Reconciler) Reconcile(d Desired) (Result, error) {
 	if err != nil {
 		return res, fmt.Errorf("dataplane: reading kernel state: %w", err)
 	}
+	res.Observed = o
 	ops := Plan(d, o)
 	for i, op := range ops {
 		if err := r.k.Apply(op); err != nil {

@@ -9,8 +9,11 @@
 // peers), never a burst to all peers at once.
 //
 // Alongside the probes the agent compares the kernel entries it wants for each peer with
-// those the kernel has (KernelDiff, on top of dataplane.Plan), because a missing route
-// explains a failing overlay better than the probe does.
+// those the kernel had when the last reconcile read it, before repairing anything
+// (KernelDiff, on top of dataplane.Plan; Monitor.SetKernel), because a missing route
+// explains a failing overlay better than the probe does. Reusing the reconcile's read
+// rather than dumping the kernel again is what keeps an idle agent cheap at hundreds of
+// peers; the price is that a repaired entry shows as missing for one more resync period.
 //
 // Classify turns one peer's gossip state, probe results and missing entries into a cause:
 //

@@ -40,10 +40,6 @@ type Config struct {
 	// UnderlayMTU and OverlayMTU size the large probes (MTU minus IPv4 and UDP headers).
 	UnderlayMTU func() int
 	OverlayMTU  func() int
-	// Kernel, if set, compares wanted and present kernel entries; it runs every
-	// KernelEvery (default 2s) — faster than the reconciler (5s), so a deleted route is seen.
-	Kernel      func() KernelReport
-	KernelEvery time.Duration
 }
 
 // Monitor probes peers and keeps the latest results.
@@ -71,7 +67,6 @@ func NewMonitor(cfg Config) *Monitor {
 	cfg.Interval = cmp.Or(cfg.Interval, 2*time.Second)
 	cfg.MinTick = cmp.Or(cfg.MinTick, 250*time.Millisecond)
 	cfg.Timeout = cmp.Or(cfg.Timeout, time.Second)
-	cfg.KernelEvery = cmp.Or(cfg.KernelEvery, 2*time.Second)
 	return &Monitor{cfg: cfg, peers: map[string]*peerState{}}
 }
 
@@ -79,32 +74,25 @@ func NewMonitor(cfg Config) *Monitor {
 func (m *Monitor) Run(ctx context.Context) {
 	var wg sync.WaitGroup
 	defer wg.Wait()
-	if m.cfg.Kernel != nil {
-		wg.Go(func() {
-			t := time.NewTicker(m.cfg.KernelEvery)
-			defer t.Stop()
-			for {
-				r := m.cfg.Kernel()
-				m.mu.Lock()
-				m.kernel = &r
-				m.mu.Unlock()
-				select {
-				case <-ctx.Done():
-					return
-				case <-t.C:
+	var (
+		next      int
+		live      []Target
+		refreshed time.Time
+	)
+	for {
+		// The member list is read once per Interval, not for every probe: at hundreds of
+		// peers, copying and sorting it four times a second was a good part of an idle
+		// agent's work. A peer that joins is probed from the next refresh on.
+		if time.Since(refreshed) >= m.cfg.Interval || len(live) == 0 {
+			live = live[:0]
+			for _, t := range m.cfg.Targets() {
+				if t.Gossip != "dead" && t.Gossip != "left" && t.Underlay.IsValid() {
+					live = append(live, t)
 				}
 			}
-		})
-	}
-	next := 0
-	for {
-		var live []Target
-		for _, t := range m.cfg.Targets() {
-			if t.Gossip != "dead" && t.Gossip != "left" && t.Underlay.IsValid() {
-				live = append(live, t)
-			}
+			slices.SortFunc(live, func(a, b Target) int { return cmp.Compare(a.Name, b.Name) })
+			refreshed = time.Now()
 		}
-		slices.SortFunc(live, func(a, b Target) int { return cmp.Compare(a.Name, b.Name) })
 		tick := m.cfg.Interval
 		if len(live) > 0 {
 			tick = max(m.cfg.Interval/time.Duration(len(live)), m.cfg.MinTick)
@@ -118,6 +106,16 @@ func (m *Monitor) Run(ctx context.Context) {
 		case <-time.After(tick):
 		}
 	}
+}
+
+// SetKernel records the latest comparison of wanted and present kernel entries. The agent
+// makes it from what each reconcile read before repairing anything, so an entry that
+// went missing shows until the reconcile after the one that put it back (one resync
+// period, 5 s by default).
+func (m *Monitor) SetKernel(r KernelReport) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.kernel = &r
 }
 
 // probePeer sends the four probes of one round to t at once and records the results.
