@@ -160,7 +160,7 @@ func (a *Agent) blocksChanged() {
 	if err := a.cluster.Update(a.selfRecord()); err != nil {
 		a.log.Error("publishing node record", "err", err)
 	}
-	a.reconcile()
+	a.reconcile(false)
 }
 
 // confirmAfter is how soon a reconcile that changed the kernel is followed by another, which
@@ -170,21 +170,24 @@ const confirmAfter = time.Second
 func (a *Agent) reconcileLoop(ctx context.Context) {
 	t := time.NewTicker(a.cfg.Resync)
 	defer t.Stop()
+	read := true // the first reconcile reads the kernel
 	for {
 		var confirm <-chan time.Time
-		if a.reconcile() > 0 {
+		if a.reconcile(read) > 0 {
 			confirm = time.After(min(confirmAfter, a.cfg.Resync))
 		}
 		select {
 		case <-ctx.Done():
 			return
-		case <-a.kick:
+		case <-a.kick: // the cluster changed: plan from the last read
+			read = false
 		case <-t.C:
+			read = true
 		case <-confirm:
+			read = true
 		}
 	}
 }
-
 // desired computes the node's desired kernel state from IPAM and the live peers.
 func (a *Agent) desired() dataplane.Desired {
 	d := dataplane.Desired{
@@ -215,13 +218,22 @@ func (a *Agent) desired() dataplane.Desired {
 	return d
 }
 
-// reconcile makes the kernel match the desired state and returns how many changes that took.
-func (a *Agent) reconcile() int {
+// reconcile makes the kernel match the desired state and returns how many changes that
+// took. With read false it plans from the state the last reconcile read, as changed since
+// (dataplane.Reconciler.Update): that is how it reacts to the cluster, while the periodic
+// reconcile reads the kernel and repairs whatever anyone else changed.
+func (a *Agent) reconcile(read bool) int {
 	a.recMu.Lock()
 	defer a.recMu.Unlock()
 	d := a.desired()
-	res, err := a.recon.Reconcile(d)
-	a.recordKernel(d, res, err)
+	update := a.recon.Reconcile
+	if !read {
+		update = a.recon.Update
+	}
+	res, err := update(d)
+	if res.Read || err != nil {
+		a.recordKernel(d, res, err)
+	}
 	a.reconciles++
 	a.lastAttempt = time.Now()
 	a.lastErr = err

@@ -35,7 +35,16 @@ func (f *FakeKernel) Apply(op Op) error {
 			return err
 		}
 	}
-	s := &f.State
+	if err := f.State.apply(op); err != nil {
+		return err
+	}
+	f.Applied = append(f.Applied, op)
+	return nil
+}
+
+// apply changes s the way the kernel changes when op is applied, as far as Plan relies on
+// it. It is the fake kernel's model, and the reconciler's between two kernel reads.
+func (s *Observed) apply(op Op) error {
 	switch op := op.(type) {
 	case LinkAdd:
 		l := op.Link
@@ -60,13 +69,13 @@ func (f *FakeKernel) Apply(op Op) error {
 		s.Neighs = slices.DeleteFunc(s.Neighs, func(n Neigh) bool { return n.Dev == op.Name })
 		s.FDB = slices.DeleteFunc(s.FDB, func(e FDB) bool { return e.Dev == op.Name })
 	case LinkSetMTU:
-		return f.setLink(op, op.Name, func(l *Link) { l.MTU = op.MTU })
+		return s.setLink(op.Name, func(l *Link) { l.MTU = op.MTU })
 	case LinkSetMAC:
-		return f.setLink(op, op.Name, func(l *Link) { l.MAC = op.MAC })
+		return s.setLink(op.Name, func(l *Link) { l.MAC = op.MAC })
 	case LinkSetUp:
-		return f.setLink(op, op.Name, func(l *Link) { l.Up = true })
+		return s.setLink(op.Name, func(l *Link) { l.Up = true })
 	case AddrAdd:
-		if f.link(op.Addr.Dev) == nil {
+		if s.link(op.Addr.Dev) == nil {
 			return fmt.Errorf("fake: no link %q", op.Addr.Dev)
 		}
 		if !slices.Contains(s.Addrs, op.Addr) {
@@ -119,12 +128,11 @@ func (f *FakeKernel) Apply(op Op) error {
 	default:
 		return fmt.Errorf("fake: unknown op %T", op)
 	}
-	f.Applied = append(f.Applied, op)
 	return nil
 }
 
-func (f *FakeKernel) link(name string) *Link {
-	for _, l := range []*Link{f.State.Bridge, f.State.VXLAN} {
+func (s *Observed) link(name string) *Link {
+	for _, l := range []*Link{s.Bridge, s.VXLAN} {
 		if l != nil && l.Name == name {
 			return l
 		}
@@ -132,13 +140,12 @@ func (f *FakeKernel) link(name string) *Link {
 	return nil
 }
 
-func (f *FakeKernel) setLink(op Op, name string, set func(*Link)) error {
-	l := f.link(name)
+func (s *Observed) setLink(name string, set func(*Link)) error {
+	l := s.link(name)
 	if l == nil {
 		return fmt.Errorf("fake: no link %q", name)
 	}
 	set(l)
-	f.Applied = append(f.Applied, op)
 	return nil
 }
 

@@ -592,3 +592,63 @@ func TestAggregate(t *testing.T) {
 		}
 	}
 }
+
+// countingKernel counts the kernel reads.
+type countingKernel struct {
+	*FakeKernel
+	reads int
+}
+
+func (k *countingKernel) Observe(bridge, vxlan string) (Observed, error) {
+	k.reads++
+	return k.FakeKernel.Observe(bridge, vxlan)
+}
+
+// TestUpdatePlansFromTheModel: Update reads the kernel only when the model is unknown, plans
+// peer changes from the model, and leaves drift made by someone else to Reconcile.
+func TestUpdatePlansFromTheModel(t *testing.T) {
+	k := &countingKernel{FakeKernel: &FakeKernel{}}
+	r := NewReconciler(k)
+	d := desiredA(true)
+	peers := d.Peers
+	d.Peers = peers[:1]
+	res, err := r.Update(d) // no model yet: reads
+	if err != nil || !res.Read || k.reads != 1 {
+		t.Fatalf("first Update: read %v, %d reads, err %v", res.Read, k.reads, err)
+	}
+	// The links it made are not modelled: the next Update reads again.
+	if res, err = r.Update(d); err != nil || !res.Read || len(res.Ops) != 0 {
+		t.Fatalf("second Update: read %v, ops %v, err %v", res.Read, render(res.Ops), err)
+	}
+	reads := k.reads
+	d.Peers = peers // a peer joined
+	res, err = r.Update(d)
+	if err != nil || res.Read || k.reads != reads || len(res.Ops) == 0 {
+		t.Fatalf("Update for a new peer: read %v, reads %d -> %d, ops %v, err %v", res.Read, reads, k.reads, render(res.Ops), err)
+	}
+	if res, _ = r.Update(d); res.Read || len(res.Ops) != 0 {
+		t.Errorf("Update after it converged: read %v, ops\n%s", res.Read, render(res.Ops))
+	}
+	// Someone deletes a route behind weft's back: Update does not see it, Reconcile does.
+	k.State.Routes = k.State.Routes[1:]
+	if res, _ = r.Update(d); len(res.Ops) != 0 {
+		t.Errorf("Update saw drift it cannot know of:\n%s", render(res.Ops))
+	}
+	if res, _ = r.Reconcile(d); !res.Read || len(res.Ops) != 1 {
+		t.Errorf("Reconcile after the drift: read %v, ops\n%s", res.Read, render(res.Ops))
+	}
+	if res, _ = r.Update(d); len(res.Ops) != 0 {
+		t.Errorf("Update after the repair:\n%s", render(res.Ops))
+	}
+	// A failed op forgets the model.
+	k.Fail = func(Op) error { return errors.New("injected") }
+	d.Peers = peers[:1]
+	if _, err := r.Update(d); err == nil {
+		t.Fatal("Update with a failing kernel succeeded")
+	}
+	k.Fail = nil
+	reads = k.reads
+	if res, _ = r.Update(d); !res.Read || k.reads != reads+1 {
+		t.Errorf("Update after a failed op did not read the kernel (read %v)", res.Read)
+	}
+}
