@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/netip"
 	"slices"
@@ -80,8 +81,8 @@ func Start(cfg Config) (*Cluster, error) {
 		mc.AdvertiseAddr = cfg.BindAddr.String()
 	}
 	mc.BindPort, mc.AdvertisePort = port, port
-	mc.ProbeInterval = time.Second
-	mc.SuspicionMult = 4
+	mc.ProbeInterval = probeInterval
+	mc.SuspicionMult = suspicionMult
 	mc.PushPullInterval = 15 * time.Second
 	mc.Delegate = (*delegate)(c)
 	mc.Events = (*events)(c)
@@ -105,6 +106,29 @@ func Start(cfg Config) (*Cluster, error) {
 	c.ml = ml
 	c.queue.NumNodes = ml.NumMembers
 	return c, nil
+}
+
+// The failure detector's settings (memberlist LAN defaults otherwise).
+const (
+	probeInterval  = time.Second
+	suspicionMult  = 4
+	deadMarginSecs = 4 // see DeadWithin
+)
+
+// DeadWithin is the documented bound on how long after a node stops answering its peers
+// have removed its routes, in a cluster of n nodes:
+//
+//	probe interval x (4 + 4 x max(1, log10(n)))
+//
+// that is 8 s up to 10 nodes, 10.8 s at 50, 12 s at 100 and 16 s at 1,000. memberlist
+// declares a suspect dead after a suspicion timeout of 4 x max(1, log10(n)) probe
+// intervals, but only once two other nodes have confirmed the suspicion; before that the
+// timeout is longer. The 4 intervals on top cover the time until some node probes the dead
+// one, the failed direct and indirect probe, and the two confirmations, which in a
+// cluster of ten or more arrive within about two intervals because every node probes a
+// member every interval. BENCHMARKS.md (item 3) measures it.
+func DeadWithin(n int) time.Duration {
+	return time.Duration((deadMarginSecs + suspicionMult*max(1, math.Log10(float64(max(n, 1))))) * float64(probeInterval))
 }
 
 // joinParallel bounds how many peers Join exchanges state with at once.

@@ -207,3 +207,14 @@ func FuzzDecodeRecords(f *testing.F) {
 		}
 	})
 }
+
+func TestDeadWithin(t *testing.T) {
+	for _, tc := range []struct {
+		n    int
+		want time.Duration
+	}{{1, 8 * time.Second}, {3, 8 * time.Second}, {10, 8 * time.Second}, {100, 12 * time.Second}, {1000, 16 * time.Second}} {
+		if got := DeadWithin(tc.n).Round(time.Millisecond); got != tc.want {
+			t.Errorf("DeadWithin(%d) = %s, want %s", tc.n, got, tc.want)
+		}
+	}
+}

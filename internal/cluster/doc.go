@@ -11,10 +11,9 @@
 // sequence wins a merge. A record counts only while memberlist reports its node alive:
 // when a node is declared dead or leaves, its record stops being live and every agent drops
 // the node's routes. With the LAN settings used here (probe every second, suspicion
-// multiplier 4) a dead node is declared dead after a failed probe (1-2 s) plus
-// memberlist's suspicion timeout, which grows with the cluster: 4 x log10(N) seconds for N
-// nodes. That is about 5 s at 10 nodes, 8 to 10 s at 50 to 100 and 13 to 14 s at 1,000
-// (BENCHMARKS.md item 3 measures it).
+// multiplier 4) that happens within DeadWithin(N) = 4 + 4 x max(1, log10(N)) seconds for N
+// nodes: 8 s up to 10 nodes, 10.8 s at 50, 12 s at 100, 16 s at 1,000 (BENCHMARKS.md item 3
+// measures it).
 //
 // With a cluster key, every gossip packet is encrypted and authenticated (AES-GCM); a peer
 // without the key can neither join nor inject a record.
