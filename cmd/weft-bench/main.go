@@ -59,35 +59,14 @@ func run() error {
 	if o.WeftBin, err = filepath.Abs(*weftBin); err != nil {
 		return err
 	}
-	for _, s := range strings.Split(*items, ",") {
-		if s = strings.TrimSpace(s); s == "" {
-			continue
-		}
-		n, err := strconv.Atoi(s)
-		if err != nil || n < 1 || n > 6 {
-			return fmt.Errorf("-items: %q is not an item number 1..6", s)
-		}
-		o.Items = append(o.Items, n)
+	if o.Items, err = intList("-items", *items, 1, 6, "an item number 1..6"); err != nil {
+		return err
 	}
-	for _, s := range strings.Split(*simSizes, ",") {
-		if s = strings.TrimSpace(s); s == "" {
-			continue
-		}
-		n, err := strconv.Atoi(s)
-		if err != nil || n < 2 || n > 4000 {
-			return fmt.Errorf("-sim-sizes: %q is not a member count between 2 and 4000", s)
-		}
-		o.SimSizes = append(o.SimSizes, n)
+	if o.SimSizes, err = intList("-sim-sizes", *simSizes, 2, 4000, "a member count between 2 and 4000"); err != nil {
+		return err
 	}
-	for _, s := range strings.Split(*labSizes, ",") {
-		if s = strings.TrimSpace(s); s == "" {
-			continue
-		}
-		n, err := strconv.Atoi(s)
-		if err != nil || n < 2 || n > 250 {
-			return fmt.Errorf("-lab-sizes: %q is not a node count between 2 and 250", s)
-		}
-		o.LabSizes = append(o.LabSizes, n)
+	if o.LabSizes, err = intList("-lab-sizes", *labSizes, 2, 250, "a node count between 2 and 250"); err != nil {
+		return err
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -107,4 +86,20 @@ func run() error {
 		return fmt.Errorf("%d item(s) failed (see above)", len(r.Errors))
 	}
 	return nil
+}
+
+// intList parses a comma-separated list of integers in [lo, hi] given to flag name.
+func intList(name, list string, lo, hi int, what string) ([]int, error) {
+	var out []int
+	for _, s := range strings.Split(list, ",") {
+		if s = strings.TrimSpace(s); s == "" {
+			continue
+		}
+		n, err := strconv.Atoi(s)
+		if err != nil || n < lo || n > hi {
+			return nil, fmt.Errorf("%s: %q is not %s", name, s, what)
+		}
+		out = append(out, n)
+	}
+	return out, nil
 }

@@ -10,6 +10,7 @@ import (
 	"io"
 	"net"
 	"net/textproto"
+	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -192,9 +193,14 @@ func (c *Client) roundTrip(ctx context.Context, method, path string, body []byte
 }
 
 // ctxErr prefers the context's error (a timeout, a cancellation) to the I/O error it caused.
+// The connection's deadline is the context's, and may fire a moment before the context
+// itself reports it: an I/O timeout is the context's deadline either way.
 func ctxErr(ctx context.Context, err error) error {
-	if ctx.Err() != nil {
+	switch {
+	case ctx.Err() != nil:
 		return fmt.Errorf("%w (%w)", ctx.Err(), err)
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		return fmt.Errorf("%w (%w)", context.DeadlineExceeded, err)
 	}
 	return err
 }
