@@ -45,6 +45,7 @@ type Agent struct {
 	lastErr       error
 	reconciles    uint64
 	drift         uint64
+	lastDesired   *dataplane.Desired // of the last reconcile: its entries are due now
 
 	observe // health probes, metrics, status page (observe.go)
 }
@@ -234,8 +235,9 @@ func (a *Agent) reconcile(read bool) int {
 	}
 	res, err := update(d)
 	if res.Read || err != nil {
-		a.recordKernel(d, res, err)
+		a.recordKernel(d, a.lastDesired, res, err)
 	}
+	a.lastDesired = &d
 	a.reconciles++
 	a.lastAttempt = time.Now()
 	a.lastErr = err

@@ -89,9 +89,10 @@ func (a *Agent) underlayMTU() int {
 	return a.ulMTU.mtu
 }
 
-// recordKernel hands the health monitor the difference between d and what the kernel had
-// when the reconcile res read it (err: the reconcile failed, perhaps before reading).
-func (a *Agent) recordKernel(d dataplane.Desired, res dataplane.Result, err error) {
+// recordKernel hands the health monitor the entries the kernel lacked when the reconcile
+// res read it although they were due: wanted already by the reconcile before, due (err:
+// the reconcile failed, perhaps before reading).
+func (a *Agent) recordKernel(d dataplane.Desired, due *dataplane.Desired, res dataplane.Result, err error) {
 	if a.health == nil {
 		return
 	}
@@ -100,7 +101,7 @@ func (a *Agent) recordKernel(d dataplane.Desired, res dataplane.Result, err erro
 		a.health.SetKernel(health.KernelReport{Status: api.KernelStatus{CheckedAt: now, Error: err.Error()}})
 		return
 	}
-	r := health.KernelDiff(d, res.Observed)
+	r := health.KernelDrift(d, due, res.Observed)
 	r.Status.CheckedAt = now
 	a.health.SetKernel(r)
 }

@@ -14,6 +14,40 @@ type KernelReport struct {
 	PeerMissing map[string][]string
 }
 
+// KernelDrift is KernelDiff restricted to the missing entries that were already due:
+// wanted by due, the desired state of the reconcile before this one (nil: none is due
+// yet). An entry the kernel lacks because it is new — a peer that just joined — is the
+// reconcile's work in progress, not a fault; one that was wanted before and is still
+// absent was taken away, or cannot be put in, and that is what the health report names.
+func KernelDrift(d dataplane.Desired, due *dataplane.Desired, read dataplane.Observed) KernelReport {
+	r := KernelDiff(d, read)
+	wanted := map[string]bool{}
+	if due != nil {
+		for _, m := range KernelDiff(*due, dataplane.Observed{}).Status.Missing {
+			wanted[m] = true
+		}
+	}
+	keep := func(list []string) []string {
+		var out []string
+		for _, m := range list {
+			if wanted[m] {
+				out = append(out, m)
+			}
+		}
+		return out
+	}
+	r.Status.Missing = keep(r.Status.Missing)
+	for peer, list := range r.PeerMissing {
+		if list = keep(list); len(list) > 0 {
+			r.PeerMissing[peer] = list
+		} else {
+			delete(r.PeerMissing, peer)
+		}
+	}
+	r.Status.Present = max(r.Status.Expected-len(r.Status.Missing), 0)
+	return r
+}
+
 // KernelDiff compares the desired state with the observed one through dataplane.Plan: every
 // add the plan would make is an entry the kernel lacks, every delete (planned as if pruning
 // were on) a stale one. It changes nothing.
