@@ -83,7 +83,7 @@ func converged(d Desired) Observed {
 		o.Routes = append(o.Routes, Route{Dst: b, Dev: d.Bridge.Name, Scope: ScopeLink, Src: d.Bridge.Gateway})
 	}
 	for _, p := range d.Peers {
-		for _, b := range p.Blocks {
+		for _, b := range Aggregate(p.Blocks) { // adjacent blocks are one route
 			o.Routes = append(o.Routes, Route{Dst: b, Gw: p.TunnelIP, Dev: vx.Name, OnLink: true})
 		}
 		o.Neighs = append(o.Neighs, Neigh{Dev: vx.Name, IP: p.TunnelIP, MAC: p.MAC, Permanent: true})
