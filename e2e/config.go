@@ -15,7 +15,7 @@ type Config struct {
 	Nodes      int    // nodes including the control plane (WEFT_E2E_NODES, default 3)
 	WorkDir    string // all state; removed at the end (WEFT_E2E_WORKDIR, default $TMPDIR/weft-e2e)
 	K8sBin     string // kube-apiserver, kubelet, ... (WEFT_E2E_K8S_BIN; required)
-	CNIPlugins string // reference CNI plugins: portmap, loopback (WEFT_E2E_CNI_PLUGINS, default /usr/lib/cni)
+	CNIPlugins string // reference CNI plugins: loopback (WEFT_E2E_CNI_PLUGINS, default /usr/lib/cni)
 	WeftImage  string // `make image`'s tarball (WEFT_E2E_IMAGE_TAR, default ../bin/weft-image.tar)
 	Manifest   string // deploy/weft.yaml (WEFT_E2E_MANIFEST, default ../deploy/weft.yaml)
 	KeepLogs   string // if set, every daemon's log is copied here at the end (WEFT_E2E_LOGS)
@@ -64,7 +64,7 @@ func FromEnv() (Config, error) {
 			errs = append(errs, err)
 		}
 	}
-	for _, b := range []string{"portmap", "loopback"} {
+	for _, b := range []string{"loopback"} {
 		if _, err := os.Stat(filepath.Join(c.CNIPlugins, b)); err != nil {
 			errs = append(errs, fmt.Errorf("CNI plugin %s (Debian: containernetworking-plugins): %w", b, err))
 		}

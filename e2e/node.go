@@ -92,8 +92,8 @@ imageGCLowThresholdPercent: 99
 
 // startRuntime starts the node's containerd and imports the images into it.
 func (c *Cluster) startRuntime(n *Node) error {
-	// The reference plugins weft's conflist chains (portmap) and containerd's loopback.
-	for _, p := range []string{"portmap", "loopback"} {
+	// containerd's loopback plugin; weft's conflist is weft-cni alone (it does hostPort).
+	for _, p := range []string{"loopback"} {
 		if err := copyFile(filepath.Join(c.cfg.CNIPlugins, p), filepath.Join(n.Dir, "root/opt/cni/bin", p), 0o755); err != nil {
 			return err
 		}

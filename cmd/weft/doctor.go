@@ -135,7 +135,7 @@ func kernelFeatures() []finding {
 		fix := map[int]string{
 			0: "load the bridge module (modprobe bridge) or use a kernel with CONFIG_BRIDGE",
 			1: "load the vxlan module (modprobe vxlan) or use a kernel with CONFIG_VXLAN",
-			2: "load nf_tables (modprobe nf_tables nft_chain_nat nft_masq nft_ct) or use a kernel with CONFIG_NF_TABLES, CONFIG_NFT_NAT, CONFIG_NFT_MASQ and CONFIG_NFT_CT",
+			2: "load nf_tables (modprobe nf_tables nft_chain_nat nft_nat nft_masq nft_ct nft_fib_ipv4) or use a kernel with CONFIG_NF_TABLES, CONFIG_NFT_NAT, CONFIG_NFT_MASQ, CONFIG_NFT_CT and CONFIG_NFT_FIB_IPV4",
 		}[i]
 		if err != nil {
 			fix = "run weft doctor as root (it needs CAP_SYS_ADMIN and CAP_NET_ADMIN to test the kernel in a throwaway namespace)"
@@ -185,10 +185,12 @@ func tryLink(l netlink.Link) error {
 }
 
 // tryNFT builds weft's own nftables table (masquerade in a nat chain, notrack for VXLAN in
-// raw chains), so that every nftables feature the agent needs is tried.
+// raw chains, a hostPort's DNAT with fib and its hairpin masquerade with ct status), so
+// that every nftables feature the agent needs is tried.
 func tryNFT() error {
 	return dataplane.NewKernel().Apply(dataplane.NFTTableSet{
-		ClusterCIDR: netip.MustParsePrefix("10.32.0.0/12"), VXLANPort: dataplane.VXLANPort,
+		ClusterCIDR: netip.MustParsePrefix("10.32.0.0/12"), VXLANPort: dataplane.VXLANPort, Bridge: dataplane.BridgeName,
+		HostPorts: []dataplane.HostPort{{Protocol: "tcp", HostPort: 18080, PodIP: netip.MustParseAddr("10.32.0.2"), PodPort: 80}},
 	})
 }
 

@@ -12,7 +12,7 @@ import (
 )
 
 func installCNICmd() *cobra.Command {
-	in := manifest.Install{Portmap: true}
+	var in manifest.Install
 	cmd := &cobra.Command{
 		Use:   "install-cni",
 		Short: "Install weft-cni and its conflist on this node (the DaemonSet's init container runs it)",
@@ -38,7 +38,6 @@ func installCNICmd() *cobra.Command {
 	f.StringVar(&in.ConfDir, "cni-conf-dir", "/etc/cni/net.d", "the container runtime's CNI config directory")
 	f.StringVar(&in.Socket, "socket", api.DefaultSocket, "the agent's local API socket, written into the conflist")
 	f.StringVar(&in.Plugin, "plugin", "", "the weft-cni binary to install (default: weft-cni next to this binary)")
-	f.StringVar(&in.CNIVersion, "cni-version", manifest.CNIVersion, "the conflist's cniVersion (weft-cni speaks 0.3.1 to 1.1.0; portmap 1.1.x up to 1.0.0)")
-	f.BoolVar(&in.Portmap, "portmap", true, "chain the portmap plugin for hostPort (it must be in --cni-bin-dir)")
+	f.StringVar(&in.CNIVersion, "cni-version", manifest.CNIVersion, "the conflist's cniVersion (weft-cni speaks 0.3.1 to 1.1.0; containerd before 2.0 takes up to 1.0.0)")
 	return cmd
 }

@@ -207,6 +207,15 @@ func (a *Agent) desired() dataplane.Desired {
 		MTU:         a.mtu,
 		Prune:       a.synced.Load(),
 	}
+	for _, l := range a.ipam.Leases() {
+		for _, h := range hostPorts(l) {
+			// Add refused bad mappings; one that slipped through (a lease file from another
+			// release) must not stop the node's reconciles.
+			if d.CheckHostPort(h) == nil {
+				d.HostPorts = append(d.HostPorts, h)
+			}
+		}
+	}
 	for _, n := range a.cluster.Live() {
 		if n.Underlay == a.cfg.UnderlayIP || !a.cfg.ClusterCIDR.Contains(n.Tunnel) {
 			continue // a misconfigured peer must not hijack our own addresses
@@ -356,20 +365,78 @@ func (a *Agent) Add(ctx context.Context, req api.AddRequest) (api.Lease, error) 
 	if !a.ready.Load() {
 		return api.Lease{}, fmt.Errorf("%w: the node's dataplane is not set up yet", api.ErrNotReady)
 	}
-	l, err := a.ipam.Allocate(ctx, key(req.Attachment))
+	ports := make([]ipam.PortMapping, 0, len(req.PortMappings))
+	for _, m := range req.PortMappings {
+		if err := m.Validate(); err != nil {
+			return api.Lease{}, fmt.Errorf("%w: %v", api.ErrInvalid, err)
+		}
+		ports = append(ports, ipam.PortMapping{Protocol: m.Protocol, HostIP: m.HostIP, HostPort: uint16(m.HostPort), PodPort: uint16(m.ContainerPort)})
+	}
+	before, existed := a.ipam.Get(key(req.Attachment))
+	l, err := a.ipam.Allocate(ctx, key(req.Attachment), ports...)
 	if errors.Is(err, ipam.ErrExhausted) {
 		return api.Lease{}, fmt.Errorf("%w: %v", api.ErrExhausted, err)
 	}
 	if err != nil {
 		return api.Lease{}, err
 	}
-	a.log.Debug("lease", "container", req.ContainerID, "if", req.IfName, "pod", req.PodNamespace+"/"+req.PodName, "address", l.Address)
+	if len(l.Ports) > 0 {
+		d := a.desired()
+		for _, h := range hostPorts(l) {
+			if err = d.CheckHostPort(h); err != nil {
+				break
+			}
+		}
+		if err != nil {
+			if !existed {
+				_, _ = a.ipam.Release(ctx, key(req.Attachment))
+			} else {
+				_, _ = a.ipam.Allocate(ctx, key(req.Attachment), before.Ports...)
+			}
+			return api.Lease{}, fmt.Errorf("%w: %v", api.ErrBadPortMapping, err)
+		}
+	}
+	if len(before.Ports) > 0 || len(l.Ports) > 0 {
+		// The pod's hostPorts work when ADD returns, as they do with the portmap plugin.
+		if err := a.reconcileNow(); err != nil {
+			if !existed {
+				_, _ = a.ipam.Release(ctx, key(req.Attachment))
+				_ = a.reconcileNow()
+			}
+			return api.Lease{}, fmt.Errorf("forwarding the pod's hostPorts: %w", err)
+		}
+	}
+	a.log.Debug("lease", "container", req.ContainerID, "if", req.IfName, "pod", req.PodNamespace+"/"+req.PodName, "address", l.Address, "hostPorts", len(l.Ports))
 	return a.lease(l), nil
+}
+
+// hostPorts are the dataplane's forwarding entries for the port mappings of l.
+func hostPorts(l ipam.Lease) []dataplane.HostPort {
+	var out []dataplane.HostPort
+	for _, m := range l.Ports {
+		out = append(out, dataplane.HostPort{
+			Protocol: m.Protocol, HostIP: m.HostIP, HostPort: m.HostPort, PodIP: l.Address.Addr(), PodPort: m.PodPort,
+		})
+	}
+	return out
+}
+
+// reconcileNow applies the desired state at once (planned from the model, see reconcile)
+// and returns the reconcile's error.
+func (a *Agent) reconcileNow() error {
+	a.reconcile(false)
+	a.recMu.Lock()
+	defer a.recMu.Unlock()
+	return a.lastErr
 }
 
 // Del implements api.Backend.
 func (a *Agent) Del(ctx context.Context, at api.Attachment) error {
-	_, err := a.ipam.Release(ctx, key(at))
+	l, _ := a.ipam.Get(key(at))
+	released, err := a.ipam.Release(ctx, key(at))
+	if released && len(l.Ports) > 0 {
+		a.reconcile(false) // its hostPorts go with it; a failure is retried by the loop
+	}
 	return err
 }
 
@@ -389,6 +456,9 @@ func (a *Agent) GC(ctx context.Context, req api.GCRequest) (api.GCResponse, erro
 		valid = append(valid, key(at))
 	}
 	freed, err := a.ipam.GC(ctx, valid)
+	if len(freed) > 0 {
+		a.reconcile(false) // hostPorts of freed leases go with them
+	}
 	resp := api.GCResponse{Released: []api.Attachment{}}
 	for _, k := range freed {
 		resp.Released = append(resp.Released, api.Attachment{ContainerID: k.ContainerID, IfName: k.IfName})

@@ -253,3 +253,45 @@ func TestShutdownDoesNotWaitForJoin(t *testing.T) {
 		t.Fatalf("shutdown took %s with a join in flight, want well under the 10 s join timeout", took)
 	}
 }
+
+// A pod's hostPorts are in the kernel when ADD returns, refused when they cannot be
+// forwarded, and gone with the pod's DEL.
+func TestHostPorts(t *testing.T) {
+	ctx := context.Background()
+	k := &dataplane.FakeKernel{}
+	a := startAgent(t, t.TempDir(), k)
+	hostPorts := func() []dataplane.HostPort {
+		t.Helper()
+		o, err := k.Observe(dataplane.BridgeName, dataplane.VXLANName)
+		if err != nil || o.NAT.HostPortsPrerouting == nil {
+			t.Fatalf("fake kernel has no hostports chain: %v %+v", err, o.NAT)
+		}
+		return o.NAT.HostPortsPrerouting.Rules
+	}
+	web := []api.PortMapping{{HostPort: 18080, ContainerPort: 80, Protocol: "tcp"}}
+	l, err := a.client.Add(ctx, api.AddRequest{Attachment: att("web"), PortMappings: web})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []dataplane.HostPort{{Protocol: "tcp", HostPort: 18080, PodIP: l.Address.Addr(), PodPort: 80}}
+	if got := hostPorts(); !slices.Equal(got, want) {
+		t.Fatalf("after ADD the kernel forwards %+v, want %+v", got, want)
+	}
+	// The VXLAN port cannot be a UDP hostPort: refused, and no address is kept for it.
+	vx := []api.PortMapping{{HostPort: dataplane.VXLANPort, ContainerPort: 53, Protocol: "udp"}}
+	if _, err := a.client.Add(ctx, api.AddRequest{Attachment: att("dns"), PortMappings: vx}); !errors.Is(err, api.ErrBadPortMapping) {
+		t.Fatalf("ADD with the VXLAN port as hostPort: err %v, want ErrBadPortMapping", err)
+	}
+	if _, err := a.client.Check(ctx, att("dns")); !errors.Is(err, api.ErrNotFound) {
+		t.Fatalf("the refused pod kept a lease: %v", err)
+	}
+	if got := hostPorts(); !slices.Equal(got, want) {
+		t.Fatalf("after the refused ADD the kernel forwards %+v, want %+v", got, want)
+	}
+	if err := a.client.Del(ctx, att("web")); err != nil {
+		t.Fatal(err)
+	}
+	if got := hostPorts(); len(got) != 0 {
+		t.Fatalf("after DEL the kernel still forwards %+v", got)
+	}
+}

@@ -27,6 +27,8 @@ var (
 	ErrExhausted = errors.New("address space exhausted")
 	// ErrInvalid: the request is malformed.
 	ErrInvalid = errors.New("invalid request")
+	// ErrBadPortMapping: a hostPort of the pod cannot be forwarded on this node.
+	ErrBadPortMapping = errors.New("bad port mapping")
 	// ErrUnreachable: the client could not reach the agent at all.
 	ErrUnreachable = errors.New("agent unreachable")
 )
@@ -38,6 +40,7 @@ var StatusOf = []struct {
 	Code int
 }{
 	{ErrInvalid, 400},
+	{ErrBadPortMapping, 422},
 	{ErrNotFound, 404},
 	{ErrExhausted, 507},
 	{ErrNotReady, 503},

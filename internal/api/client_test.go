@@ -71,7 +71,7 @@ func TestClient(t *testing.T) {
 	if err != nil || len(s.Peers) != 2000 || s.Peers[1999].Name != "node-with-a-long-name-1999" {
 		t.Fatalf("Status: %d peers, %v", len(s.Peers), err)
 	}
-	for _, kind := range []error{api.ErrNotReady, api.ErrNotFound, api.ErrExhausted, api.ErrInvalid} {
+	for _, kind := range []error{api.ErrNotReady, api.ErrNotFound, api.ErrExhausted, api.ErrInvalid, api.ErrBadPortMapping} {
 		c := api.NewClient(serve(t, backend{err: fmt.Errorf("%w: because", kind)}), 5*time.Second)
 		err := c.Del(ctx, api.Attachment{ContainerID: "c1", IfName: "eth0"})
 		if !errors.Is(err, kind) || !strings.Contains(err.Error(), "because") {

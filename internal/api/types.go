@@ -10,6 +10,7 @@
 package api
 
 import (
+	"fmt"
 	"net/netip"
 	"time"
 )
@@ -29,6 +30,36 @@ type AddRequest struct {
 	Netns        string `json:"netns,omitempty"`
 	PodNamespace string `json:"podNamespace,omitempty"`
 	PodName      string `json:"podName,omitempty"`
+	// PortMappings are the pod's hostPorts (the CNI capability "portMappings"): the agent
+	// forwards each host port on the node's addresses to the pod.
+	PortMappings []PortMapping `json:"portMappings,omitempty"`
+}
+
+// PortMapping is one hostPort, as the CNI capability "portMappings" describes it.
+type PortMapping struct {
+	HostPort      int    `json:"hostPort"`
+	ContainerPort int    `json:"containerPort"`
+	Protocol      string `json:"protocol"` // tcp, udp or sctp
+	// HostIP limits the mapping to one address of the node; the zero Addr (or 0.0.0.0)
+	// means all of them.
+	HostIP netip.Addr `json:"hostIP,omitzero"`
+}
+
+// Validate reports what is wrong with m, in words that name the fix.
+func (m PortMapping) Validate() error {
+	switch {
+	case m.HostPort < 1 || m.HostPort > 65535:
+		return fmt.Errorf("hostPort %d is not a port: use 1 to 65535", m.HostPort)
+	case m.ContainerPort < 1 || m.ContainerPort > 65535:
+		return fmt.Errorf("containerPort %d is not a port: use 1 to 65535", m.ContainerPort)
+	case m.Protocol != "tcp" && m.Protocol != "udp" && m.Protocol != "sctp":
+		return fmt.Errorf("protocol %q of hostPort %d: use tcp, udp or sctp", m.Protocol, m.HostPort)
+	case m.HostIP.IsValid() && !m.HostIP.Is4():
+		return fmt.Errorf("hostIP %s of hostPort %d: weft forwards IPv4 only; leave hostIP empty or give an IPv4 address of the node", m.HostIP, m.HostPort)
+	case m.HostIP.IsLoopback():
+		return fmt.Errorf("hostIP %s of hostPort %d: host ports on loopback addresses are not supported (see CVE-2020-8558); leave hostIP empty or give an address of the node's interfaces", m.HostIP, m.HostPort)
+	}
+	return nil
 }
 
 // Lease is what the agent hands out for one attachment: everything the plugin needs to

@@ -53,6 +53,7 @@ func Add(args *skel.CmdArgs) error {
 	podNamespace, podName := podArgs(args.Args)
 	lease, err := client.Add(context.Background(), api.AddRequest{
 		Attachment: att, Netns: args.Netns, PodNamespace: podNamespace, PodName: podName,
+		PortMappings: cfg.RuntimeConfig.PortMappings,
 	})
 	if err != nil {
 		return agentError("ADD", cfg.Socket, err)

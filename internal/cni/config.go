@@ -3,6 +3,7 @@ package cni
 import (
 	"encoding/json"
 	"fmt"
+	"net/netip"
 	"path/filepath"
 	"strings"
 	"time"
@@ -36,6 +37,12 @@ type Config struct {
 	// Timeout bounds each call to the agent; DefaultTimeout when not set. In the JSON it is
 	// a Go duration string such as "5s".
 	Timeout time.Duration `json:"-"`
+	// RuntimeConfig carries the capabilities the conflist declares and the runtime fills:
+	// weft-cni takes "portMappings" (Kubernetes' hostPort) and the agent forwards them, so
+	// no portmap plugin is chained.
+	RuntimeConfig struct {
+		PortMappings []api.PortMapping `json:"portMappings,omitempty"`
+	} `json:"runtimeConfig"`
 }
 
 // ParseConfig parses and checks the network configuration the runtime passes on stdin. Its
@@ -70,7 +77,39 @@ func ParseConfig(data []byte) (*Config, error) {
 		}
 		cfg.Timeout = d
 	}
+	ports, err := portMappings(cfg.RuntimeConfig.PortMappings)
+	if err != nil {
+		return nil, types.NewError(types.ErrInvalidNetworkConfig,
+			"weft-cni got a bad port mapping (runtimeConfig.portMappings): fix the pod's hostPort", err.Error())
+	}
+	cfg.RuntimeConfig.PortMappings = ports
 	return &cfg, nil
+}
+
+// portMappings normalises the runtime's port mappings: protocol in lower case, tcp when
+// unset (as Kubernetes means it), hostIP 0.0.0.0 as "every address". Mappings for an IPv6
+// hostIP are left out, as the portmap plugin leaves out the family the pod has no address
+// of: weft's pods are IPv4 only.
+func portMappings(in []api.PortMapping) ([]api.PortMapping, error) {
+	var out []api.PortMapping
+	for _, m := range in {
+		m.Protocol = strings.ToLower(m.Protocol)
+		if m.Protocol == "" {
+			m.Protocol = "tcp"
+		}
+		if m.HostIP.IsUnspecified() && m.HostIP.Is4() {
+			m.HostIP = netip.Addr{}
+		}
+		if m.HostIP.Is6() && !m.HostIP.Is4In6() {
+			continue
+		}
+		m.HostIP = m.HostIP.Unmap()
+		if err := m.Validate(); err != nil {
+			return nil, err
+		}
+		out = append(out, m)
+	}
+	return out, nil
 }
 
 func checkSocket(path string) error {

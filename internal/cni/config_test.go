@@ -144,6 +144,7 @@ func TestAgentErrorCodes(t *testing.T) {
 		{"exhausted", agent(api.ErrExhausted), ErrCodeExhausted, "widen --cluster-cidr"},
 		{"no lease", agent(api.ErrNotFound), ErrCodeCheckFailed, "delete the pod"},
 		{"invalid request", agent(api.ErrInvalid), types.ErrInternal, "one release"},
+		{"bad port mapping", agent(api.ErrBadPortMapping), types.ErrInvalidNetworkConfig, "fix the pod's hostPort"},
 		{"unknown agent failure", &api.Error{Message: "agent answered 500"}, types.ErrInternal, "read its log"},
 		{"CNI error passes through", types.NewError(types.ErrInvalidNetNS, "x", ""), types.ErrInvalidNetNS, "x"},
 	}
@@ -236,4 +237,49 @@ func asCNIError(t *testing.T, err error) *types.Error {
 		t.Fatalf("got %v (%T), want a *types.Error", err, err)
 	}
 	return e
+}
+
+func TestParsePortMappings(t *testing.T) {
+	conf := func(pm string) string {
+		return `{"type":"weft-cni","capabilities":{"portMappings":true},"runtimeConfig":{"portMappings":` + pm + `}}`
+	}
+	tests := []struct {
+		name   string
+		conf   string
+		want   []api.PortMapping
+		errHas string
+	}{
+		{name: "none", conf: `{"type":"weft-cni"}`},
+		{name: "kubelet's form", conf: conf(`[{"hostPort":8080,"containerPort":80,"protocol":"tcp"}]`),
+			want: []api.PortMapping{{HostPort: 8080, ContainerPort: 80, Protocol: "tcp"}}},
+		{name: "upper case, empty protocol, hostIP", conf: conf(`[{"hostPort":53,"containerPort":5353,"protocol":"UDP","hostIP":"198.18.0.1"},{"hostPort":1,"containerPort":2,"hostIP":"0.0.0.0"},{"hostPort":3,"containerPort":4,"protocol":"sctp","hostIP":""}]`),
+			want: []api.PortMapping{
+				{HostPort: 53, ContainerPort: 5353, Protocol: "udp", HostIP: netip.MustParseAddr("198.18.0.1")},
+				{HostPort: 1, ContainerPort: 2, Protocol: "tcp"},
+				{HostPort: 3, ContainerPort: 4, Protocol: "sctp"},
+			}},
+		{name: "IPv6 hostIP is left out", conf: conf(`[{"hostPort":8080,"containerPort":80,"protocol":"tcp","hostIP":"::"},{"hostPort":8081,"containerPort":81,"protocol":"tcp","hostIP":"fd00::1"}]`)},
+		{name: "host port 0", conf: conf(`[{"hostPort":0,"containerPort":80,"protocol":"tcp"}]`), errHas: "hostPort 0 is not a port"},
+		{name: "container port too big", conf: conf(`[{"hostPort":80,"containerPort":70000,"protocol":"tcp"}]`), errHas: "containerPort 70000"},
+		{name: "unknown protocol", conf: conf(`[{"hostPort":80,"containerPort":80,"protocol":"icmp"}]`), errHas: `protocol "icmp"`},
+		{name: "bad hostIP", conf: conf(`[{"hostPort":80,"containerPort":80,"hostIP":"nope"}]`), errHas: "not valid JSON"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg, err := ParseConfig([]byte(tt.conf))
+			if tt.errHas != "" {
+				e := asCNIError(t, err)
+				if e.Code != types.ErrInvalidNetworkConfig || !strings.Contains(e.Error(), tt.errHas) {
+					t.Errorf("error %v (code %d), want code %d saying %q", e, e.Code, types.ErrInvalidNetworkConfig, tt.errHas)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("ParseConfig: %v", err)
+			}
+			if got := cfg.RuntimeConfig.PortMappings; fmt.Sprint(got) != fmt.Sprint(tt.want) {
+				t.Errorf("port mappings %+v, want %+v", got, tt.want)
+			}
+		})
+	}
 }

@@ -42,6 +42,10 @@ func agentError(op, socket string, err error) *types.Error {
 		return types.NewError(ErrCodeCheckFailed,
 			fmt.Sprintf("%s: the weft agent holds no address for this pod interface (freed by GC or lost): delete the pod so it is created again", op),
 			err.Error())
+	case errors.Is(err, api.ErrBadPortMapping):
+		return types.NewError(types.ErrInvalidNetworkConfig,
+			fmt.Sprintf("%s: the weft agent cannot forward one of the pod's hostPorts: fix the pod's hostPort", op),
+			err.Error())
 	case errors.Is(err, api.ErrInvalid):
 		return types.NewError(types.ErrInternal,
 			fmt.Sprintf("%s: the weft agent rejected weft-cni's request: weft-cni and the agent probably come from different releases; install one release of weft on the node", op),

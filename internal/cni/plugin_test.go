@@ -33,7 +33,7 @@ import (
 	"github.com/weftnet/weft/internal/testutil"
 )
 
-// referencePlugins is where Debian's containernetworking-plugins installs portmap.
+// referencePlugins is where Debian's containernetworking-plugins installs the reference plugins.
 const referencePlugins = "/usr/lib/cni"
 
 // pluginDir holds the weft-cni binary TestMain built; empty when not root (the real-kernel
@@ -714,36 +714,32 @@ func TestCNIVersions(t *testing.T) {
 	}
 }
 
-func TestPortmapChain(t *testing.T) {
+// The runtime's hostPorts (capability portMappings) reach the agent with the ADD; weft-cni
+// needs no portmap plugin chained. The agent's side (nftables) is tested in dataplane.
+func TestHostPortsGoToTheAgent(t *testing.T) {
 	e := newEnv(t)
-	if _, err := os.Stat(filepath.Join(referencePlugins, "portmap")); err != nil {
-		t.Skipf("no portmap plugin in %s (Debian package containernetworking-plugins): %v", referencePlugins, err)
+	list, err := libcni.ConfListFromBytes(fmt.Appendf(nil,
+		`{"cniVersion":"1.1.0","name":"weft","plugins":[{"type":"weft-cni","socket":%q,"capabilities":{"portMappings":true}}]}`, e.agent.socket))
+	if err != nil {
+		t.Fatal(err)
 	}
-	// Debian 12's portmap (1.1.1) speaks CNI up to 1.0.0.
-	list := e.conflist("1.0.0", `{"type":"portmap","capabilities":{"portMappings":true}}`)
 	pod := testutil.NewNS(t)
 	rt := podRT(pod, "web")
-	rt.CapabilityArgs = map[string]any{"portMappings": []map[string]any{{"hostPort": 18080, "containerPort": 80, "protocol": "tcp"}}}
+	rt.CapabilityArgs = map[string]any{"portMappings": []map[string]any{
+		{"hostPort": 18080, "containerPort": 80, "protocol": "tcp"},
+		{"hostPort": 18053, "containerPort": 53, "protocol": "UDP", "hostIP": "198.18.0.1"},
+	}}
 	r := e.mustAdd(list, rt)
-	checkResult(t, e, r, pod, "web", false)
-
-	// portmap found the pod's address through our result's interface index and sandbox.
-	var rules []byte
-	err := e.node.Do(func(ns.NetNS) (err error) {
-		rules, err = exec.Command("iptables-save", "-t", "nat").CombinedOutput()
-		return err
+	checkResult(t, e, r, pod, "web", true)
+	want := []api.PortMapping{
+		{HostPort: 18080, ContainerPort: 80, Protocol: "tcp"},
+		{HostPort: 18053, ContainerPort: 53, Protocol: "udp", HostIP: netip.MustParseAddr("198.18.0.1")},
+	}
+	e.agent.set(func(f *fakeAgent) {
+		if got := f.requests[len(f.requests)-1].PortMappings; fmt.Sprint(got) != fmt.Sprint(want) {
+			t.Errorf("agent got port mappings %+v, want %+v", got, want)
+		}
 	})
-	if err != nil {
-		t.Fatalf("iptables-save: %v: %s", err, rules)
-	}
-	if want := fmt.Sprintf("--to-destination %s:80", resultAddr(t, r)); !strings.Contains(string(rules), want) {
-		t.Errorf("portmap's NAT rules lack %q:\n%s", want, rules)
-	}
-	// CHECK weft-cni alone against the chain's result: Debian's portmap fails CHECK for a
-	// pod without IPv6 (containernetworking/plugins#819, fixed after 1.1.1).
-	if err := e.check(e.conflist("1.0.0"), rt); err != nil {
-		t.Errorf("CHECK with the chain's result: %v", err)
-	}
 	if err := e.del(list, rt); err != nil {
 		t.Fatalf("DEL: %v", err)
 	}

@@ -31,6 +31,9 @@ type Desired struct {
 	ClusterCIDR netip.Prefix
 	// MTU of the bridge, the VXLAN device and (set by weft-cni) pod veths.
 	MTU int
+	// HostPorts are the pods' hostPort mappings (CNI capability portMappings): traffic
+	// to a local address of the node on the host port goes to the pod.
+	HostPorts []HostPort
 	// Prune allows deleting kernel entries that are not desired. False until the agent
 	// has heard the cluster's state, so a restart never drops routes it simply does not
 	// know about yet.
@@ -65,4 +68,14 @@ type Peer struct {
 	MAC        net.HardwareAddr
 	TunnelIP   netip.Addr
 	Blocks     []netip.Prefix
+}
+
+// HostPort maps a port of the node to a port of a pod on it, like the CNI portmap plugin
+// does: Kubernetes' hostPort.
+type HostPort struct {
+	Protocol string     // "tcp", "udp" or "sctp"
+	HostIP   netip.Addr // only this local address; the zero Addr: every local address
+	HostPort uint16
+	PodIP    netip.Addr
+	PodPort  uint16
 }

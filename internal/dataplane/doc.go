@@ -35,12 +35,39 @@
 // # The nftables table
 //
 // Table "ip weft" is weft's alone and is rebuilt whole, in one transaction, whenever one of
-// its three chains differs from weft's. Pod traffic that leaves the cluster CIDR is
-// masqueraded by the one rule of chain "postrouting"; traffic between pods is never
-// translated. That nat chain switches connection tracking on for every packet of the
-// namespace, including the outer UDP packets of weft's own tunnel, which nobody translates:
-// tracking them only costs throughput. So chains "prerouting" and "output" (priority raw,
-// before conntrack) each hold one rule, `udp dport <VXLAN port> notrack`. The pod packets
-// inside the tunnel stay tracked, as kube-proxy's Service NAT needs; a host firewall must
-// accept the VXLAN port by port, since untracked packets never match `ct state established`.
+// its chains differs from what weft wants (a rule counts as weft's only if its comment and
+// its expressions both match; anything added or edited by hand triggers a rebuild). It holds
+// five chains, listed in this order:
+//
+//   - "prerouting" and "output" (filter, priority raw, before conntrack): one rule each,
+//     `udp dport <VXLAN port> notrack`. The nat chains below switch connection tracking on
+//     for every packet of the namespace, including the outer UDP packets of weft's own
+//     tunnel, which nobody translates: tracking them only costs throughput. The pod packets
+//     inside the tunnel stay tracked, as kube-proxy's Service NAT needs; a host firewall
+//     must accept the VXLAN port by port, since untracked packets never match `ct state
+//     established`.
+//   - "hostports-prerouting" and "hostports-output" (nat, priority dstnat): Kubernetes'
+//     hostPort, what the CNI portmap plugin would do, so weft-cni needs no portmap chained.
+//     One DNAT rule per Desired.HostPorts entry, sorted, in both chains: prerouting for
+//     connections from elsewhere (other hosts, pods), output for the node's own. A mapping
+//     with a HostIP matches `ip daddr <HostIP>`; one without matches every local address
+//     (`fib daddr type local`) but 127.0.0.0/8: localhost host ports would need
+//     route_localnet, which exposes services bound to localhost to the link
+//     (CVE-2020-8558), so, as kube-proxy's nftables mode does for NodePorts, weft leaves
+//     localhost alone. Both chains exist even without host ports, so the table's shape never
+//     changes.
+//   - "postrouting" (nat, priority srcnat): pod traffic that leaves the cluster CIDR is
+//     masqueraded (traffic between pods is never translated); then the two hairpin rules
+//     host ports need. A pod reaching a host port of a pod on the same bridge gets its
+//     connection DNATed back onto the bridge, and would be answered directly, never
+//     un-translated: `iifname <bridge> oifname <bridge> ct status dnat masquerade` makes the
+//     answer come back through the node where the node routes such packets; where
+//     br_netfilter bridges them instead (bridge-nf-call-iptables=1) conntrack un-translates
+//     on the bridge and the rule does not match, keeping the client pod's address. (The same
+//     goes for a connection kube-proxy DNATs from a pod to a Service endpoint on the same
+//     bridge: masqueraded only where it would otherwise fail.) A pod reaching its own host
+//     port is answered inside itself on either path, so each pod with a host port also has
+//     `ip saddr <pod> ip daddr <pod> ct status dnat masquerade` (its bridge port needs
+//     hairpin mode when br_netfilter bridges the packet back to it). Other clients keep
+//     their source address.
 package dataplane

@@ -3,7 +3,6 @@ package dataplane
 import (
 	"bytes"
 	"fmt"
-	"net/netip"
 	"slices"
 	"sync"
 )
@@ -117,14 +116,23 @@ func (s *Observed) apply(op Op) error {
 		}
 		s.IPForward = op.Value == "1"
 	case NFTTableSet:
+		// What observeNAT reads after setTable(op), which refuses the same ops.
+		if err := op.check(); err != nil {
+			return fmt.Errorf("fake: %w", err)
+		}
 		raw := func(hook string) *RawChain {
 			return &RawChain{Type: rawChainType, Hook: hook, Priority: rawChainPriority, Policy: rawChainPolicy,
 				Rules: []int{op.VXLANPort}}
 		}
+		hostPorts := func(hook string) *HostPortChain {
+			return &HostPortChain{Type: hostPortsChainType, Hook: hook, Priority: hostPortsChainPriority,
+				Policy: hostPortsChainPolicy, Rules: slices.Clone(op.HostPorts)}
+		}
 		s.NAT = NAT{Table: true, Chain: &NATChain{
 			Type: natChainType, Hook: natChainHook, Priority: natChainPriority, Policy: natChainPolicy,
-			Rules: []netip.Prefix{op.ClusterCIDR},
-		}, Prerouting: raw(rawPreroutingName), Output: raw(rawOutputName)}
+			Rules: op.postrouting(),
+		}, Prerouting: raw(rawPreroutingName), Output: raw(rawOutputName),
+			HostPortsPrerouting: hostPorts("prerouting"), HostPortsOutput: hostPorts("output")}
 	default:
 		return fmt.Errorf("fake: unknown op %T", op)
 	}
@@ -171,6 +179,13 @@ func clone(o Observed) Observed {
 			ch := **raw
 			ch.Rules = slices.Clone(ch.Rules)
 			*raw = &ch
+		}
+	}
+	for _, hp := range []**HostPortChain{&c.NAT.HostPortsPrerouting, &c.NAT.HostPortsOutput} {
+		if *hp != nil {
+			ch := **hp
+			ch.Rules = slices.Clone(ch.Rules)
+			*hp = &ch
 		}
 	}
 	return c

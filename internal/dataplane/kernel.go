@@ -191,7 +191,7 @@ func (netlinkKernel) Apply(op Op) error {
 	case SysctlSet:
 		err = setSysctl(op.Key, op.Value)
 	case NFTTableSet:
-		err = setTable(op.ClusterCIDR, op.VXLANPort)
+		err = setTable(op)
 	default:
 		err = fmt.Errorf("unknown op type %T", op)
 	}

@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"maps"
 	"net"
 	"net/netip"
 	"os"
@@ -19,6 +21,7 @@ import (
 	"github.com/google/nftables/expr"
 	"github.com/vishvananda/netlink"
 	"github.com/weftnet/weft/internal/testutil"
+	"golang.org/x/sys/unix"
 )
 
 // Real-kernel tests. Each works in throwaway namespaces from testutil.NewNS, enters them
@@ -245,10 +248,37 @@ func expectedView(d Desired, foreignFDB ...string) view {
 			"chain output {",
 			"type filter hook output priority raw; policy accept;",
 			fmt.Sprintf(`udp dport %[1]d notrack comment "weft: notrack vxlan %[1]d"`, d.VXLAN.Port),
-			"chain postrouting {",
-			"type nat hook postrouting priority srcnat; policy accept;",
-			fmt.Sprintf(`ip saddr %[1]s ip daddr != %[1]s masquerade comment "weft: masquerade %[1]s"`, d.ClusterCIDR),
 		},
+	}
+	for _, chain := range []string{"hostports-prerouting {", "type nat hook prerouting priority dstnat; policy accept;",
+		"hostports-output {", "type nat hook output priority -100; policy accept;"} {
+		if strings.HasSuffix(chain, "{") {
+			v.NAT = append(v.NAT, "chain "+chain)
+			continue
+		}
+		v.NAT = append(v.NAT, chain)
+		for _, h := range sortedHostPorts(d.HostPorts) {
+			match := "fib daddr type local ip daddr != 127.0.0.0/8"
+			host := fmt.Sprint(h.HostPort)
+			if h.HostIP.IsValid() {
+				match, host = "ip daddr "+h.HostIP.String(), h.HostIP.String()+":"+host
+			}
+			v.NAT = append(v.NAT, fmt.Sprintf(`%s %s dport %d dnat to %s:%d comment "weft: hostport %s %s %s:%d"`,
+				match, h.Protocol, h.HostPort, h.PodIP, h.PodPort, h.Protocol, host, h.PodIP, h.PodPort))
+		}
+	}
+	v.NAT = append(v.NAT,
+		"chain postrouting {",
+		"type nat hook postrouting priority srcnat; policy accept;",
+		fmt.Sprintf(`ip saddr %[1]s ip daddr != %[1]s masquerade comment "weft: masquerade %[1]s"`, d.ClusterCIDR),
+		fmt.Sprintf(`iifname "%[1]s" oifname "%[1]s" ct status dnat masquerade comment "weft: hairpin masquerade bridge %[1]s"`, d.Bridge.Name),
+	)
+	pods := map[netip.Addr]bool{}
+	for _, h := range d.HostPorts {
+		pods[h.PodIP] = true
+	}
+	for _, pod := range slices.SortedFunc(maps.Keys(pods), netip.Addr.Compare) {
+		v.NAT = append(v.NAT, fmt.Sprintf(`ip saddr %[1]s ip daddr %[1]s ct status dnat masquerade comment "weft: hairpin masquerade pod %[1]s"`, pod))
 	}
 	for _, b := range d.Bridge.Blocks {
 		v.Routes = append(v.Routes, fmt.Sprintf("%s dev %s scope link src %s", b, d.Bridge.Name, d.Bridge.Gateway))
@@ -408,7 +438,7 @@ func TestKernelReconcile(t *testing.T) {
 }
 
 // rebuildTable is the op that rebuilds table ip weft for kernelDesired.
-const rebuildTable = "nft rebuild table ip weft { postrouting: ip saddr 10.32.0.0/16 ip daddr != 10.32.0.0/16 masquerade; prerouting, output: udp dport 6784 notrack }"
+const rebuildTable = "nft rebuild table ip weft { postrouting: ip saddr 10.32.0.0/16 ip daddr != 10.32.0.0/16 masquerade, iifname weft oifname weft ct status dnat masquerade; prerouting, output: udp dport 6784 notrack; hostports: none }"
 
 // weft's rules are written the way the kernel hands them back, so a converged table plans
 // nothing; the notrack rule also the way nft writes it. Only a rule with weft's comment and
@@ -416,8 +446,11 @@ const rebuildTable = "nft rebuild table ip weft { postrouting: ip saddr 10.32.0.
 func TestKernelNFTRuleForm(t *testing.T) {
 	n := testutil.NewNS(t)
 	cluster := cidr("10.32.0.0/16")
+	d := desiredHP(true)
+	d.HostPorts = append(d.HostPorts, HostPort{Protocol: "sctp", HostPort: 9, PodIP: ip("10.32.0.7"), PodPort: 65535})
+	op := wantTable(d)
 	inNS(t, n, func() error {
-		if err := NewKernel().Apply(NFTTableSet{ClusterCIDR: cluster, VXLANPort: VXLANPort}); err != nil {
+		if err := NewKernel().Apply(op); err != nil {
 			return err
 		}
 		c, err := nftables.New()
@@ -428,13 +461,20 @@ func TestKernelNFTRuleForm(t *testing.T) {
 		if err != nil {
 			return err
 		}
+		var hostPorts [][]expr.Any
+		for _, h := range op.HostPorts {
+			hostPorts = append(hostPorts, hostPortExprs(h))
+		}
 		for _, x := range []struct {
 			chain string
-			want  []expr.Any
+			want  [][]expr.Any
 		}{
-			{"prerouting", notrackExprs(VXLANPort)},
-			{"output", notrackExprs(VXLANPort)},
-			{"postrouting", masqExprs(cluster)},
+			{"prerouting", [][]expr.Any{notrackExprs(VXLANPort)}},
+			{"output", [][]expr.Any{notrackExprs(VXLANPort)}},
+			{"hostports-prerouting", hostPorts},
+			{"hostports-output", hostPorts},
+			{"postrouting", [][]expr.Any{masqExprs(cluster), hairpinExprs(BridgeName),
+				hairpinPodExprs(ip("10.32.0.5")), hairpinPodExprs(ip("10.32.0.6")), hairpinPodExprs(ip("10.32.0.7")), hairpinPodExprs(ip("10.32.1.130"))}},
 		} {
 			if chains[x.chain] == nil {
 				return fmt.Errorf("chain %s missing after the rebuild", x.chain)
@@ -443,15 +483,79 @@ func TestKernelNFTRuleForm(t *testing.T) {
 			if err != nil {
 				return err
 			}
-			if len(rules) != 1 {
-				return fmt.Errorf("chain %s has %d rules, want 1", x.chain, len(rules))
+			if len(rules) != len(x.want) {
+				return fmt.Errorf("chain %s has %d rules, want %d", x.chain, len(rules), len(x.want))
 			}
-			if !reflect.DeepEqual(rules[0].Exprs, x.want) {
-				return fmt.Errorf("chain %s: the kernel hands back\n%s\nweft writes\n%s", x.chain, exprs(rules[0].Exprs), exprs(x.want))
+			for i, r := range rules {
+				if !reflect.DeepEqual(r.Exprs, x.want[i]) {
+					return fmt.Errorf("chain %s rule %d: the kernel hands back\n%s\nweft writes\n%s", x.chain, i, exprs(r.Exprs), exprs(x.want[i]))
+				}
 			}
+		}
+		got, err := observeNAT()
+		if err != nil {
+			return err
+		}
+		if !natConverged(got, op) {
+			return fmt.Errorf("the table just written does not read back as converged: %s", natJSON(got))
+		}
+		var model Observed // the fake kernel's, and Reconciler.Update's
+		if err := model.apply(op); err != nil {
+			return err
+		}
+		if !reflect.DeepEqual(got, model.NAT) {
+			return fmt.Errorf("the kernel reads back\n%s\nthe model has\n%s", natJSON(got), natJSON(model.NAT))
 		}
 		return nil
 	})
+	t.Log("an op that cannot be written changes nothing")
+	before := run(t, n, "nft", "list", "table", "ip", NFTTable)
+	bad := op
+	bad.HostPorts = append(slices.Clone(op.HostPorts), HostPort{Protocol: "tcp", HostPort: 1, PodIP: ip("10.32.0.9")})
+	inNS(t, n, func() error {
+		if err := NewKernel().Apply(bad); !errors.Is(err, ErrInvalidDesired) || !strings.Contains(err.Error(), "pod port 0") {
+			return fmt.Errorf("applying a host port without pod port: err = %v, want ErrInvalidDesired about it", err)
+		}
+		return nil
+	})
+	if after := run(t, n, "nft", "list", "table", "ip", NFTTable); after != before {
+		t.Fatalf("a refused rebuild changed the table:\n%s\nwas\n%s", after, before)
+	}
+
+	t.Log("weft's host port and hairpin rules as nft writes them are weft's; near misses are not")
+	run(t, n, "nft", "flush table ip weft")
+	for _, rule := range []string{
+		`hostports-prerouting fib daddr type local ip daddr != 127.0.0.0/8 tcp dport 18080 dnat to 10.32.0.5:8080 comment "weft: hostport tcp 18080 10.32.0.5:8080"`,
+		`hostports-prerouting ip daddr 198.18.0.1 tcp dport 8443 dnat to 10.32.1.130:443 comment "weft: hostport tcp 198.18.0.1:8443 10.32.1.130:443"`,
+		`hostports-prerouting fib daddr type local tcp dport 18080 dnat to 10.32.0.5:8080 comment "weft: hostport tcp 18080 10.32.0.5:8080"`,                         // localhost too
+		`hostports-prerouting fib daddr type local ip daddr != 127.0.0.0/8 tcp dport 18080 dnat to 10.32.0.5:8081 comment "weft: hostport tcp 18080 10.32.0.5:8080"`, // pod port differs
+		`hostports-prerouting fib daddr type local ip daddr != 127.0.0.0/8 udp dport 18080 dnat to 10.32.0.5:8080 comment "weft: hostport tcp 18080 10.32.0.5:8080"`, // protocol differs
+		`hostports-prerouting ip daddr 198.18.0.1 tcp dport 8443 dnat to 10.32.1.130:443 comment "weft: hostport tcp 8443 10.32.1.130:443"`,                          // address not in the comment
+		`hostports-prerouting fib daddr type local ip daddr != 127.0.0.0/8 tcp dport 18080 counter dnat to 10.32.0.5:8080 comment "weft: hostport tcp 18080 10.32.0.5:8080"`,
+		`hostports-prerouting fib daddr type local ip daddr != 127.0.0.0/8 tcp dport 18080 dnat to 10.32.0.5:8080 comment "weft: hostport tcp 018080 10.32.0.5:8080"`,
+		`hostports-prerouting fib daddr type local ip daddr != 127.0.0.0/8 tcp dport 18080 dnat to 10.32.0.5:8080`,
+		`postrouting iifname "weft" oifname "weft" ct status dnat masquerade comment "weft: hairpin masquerade bridge weft"`,
+		`postrouting ip saddr 10.32.0.5 ip daddr 10.32.0.5 ct status dnat masquerade comment "weft: hairpin masquerade pod 10.32.0.5"`,
+		`postrouting iifname "weft" oifname "weft" ct status dnat masquerade comment "weft: hairpin masquerade bridge cni0"`,
+		`postrouting oifname "weft" ct status dnat masquerade comment "weft: hairpin masquerade bridge weft"`,
+		`postrouting iifname "weft" oifname "weft" ct status snat masquerade comment "weft: hairpin masquerade bridge weft"`,
+		`postrouting iifname "weft*" oifname "weft" ct status dnat masquerade comment "weft: hairpin masquerade bridge weft"`,
+		`postrouting ip saddr 10.32.0.5 ip daddr 10.32.0.6 ct status dnat masquerade comment "weft: hairpin masquerade pod 10.32.0.5"`,
+		`postrouting ip saddr 10.32.0.5 ip daddr 10.32.0.5 masquerade comment "weft: hairpin masquerade pod 10.32.0.5"`,
+		`postrouting ip saddr 10.32.0.5 ip daddr 10.32.0.5 ct status dnat masquerade comment "weft: hairpin masquerade pod 10.32.0.005"`,
+	} {
+		run(t, n, "nft", "add rule ip weft "+rule)
+	}
+	var got NAT
+	inNS(t, n, func() (err error) { got, err = observeNAT(); return err })
+	wantHP := []HostPort{d.HostPorts[0], d.HostPorts[2], {}, {}, {}, {}, {}, {}, {}}
+	if got.HostPortsPrerouting == nil || !slices.Equal(got.HostPortsPrerouting.Rules, wantHP) {
+		t.Errorf("hostports-prerouting rules read as %s, want %v", natJSON(got), wantHP)
+	}
+	wantPost := []NATRule{{Hairpin: "weft"}, {HairpinPod: ip("10.32.0.5")}, {}, {}, {}, {}, {}, {}, {}}
+	if got.Chain == nil || !slices.Equal(got.Chain.Rules, wantPost) {
+		t.Errorf("postrouting rules read as %s, want %v", natJSON(got), wantPost)
+	}
 
 	t.Log("the raw chains as nft writes them are weft's")
 	run(t, n, "nft", "delete table ip weft")
@@ -460,7 +564,6 @@ func TestKernelNFTRuleForm(t *testing.T) {
 		`add chain ip weft output { type filter hook output priority raw; policy accept; }; `+
 		`add rule ip weft prerouting udp dport 6784 notrack comment "weft: notrack vxlan 6784"; `+
 		`add rule ip weft output udp dport 6784 notrack comment "weft: notrack vxlan 6784"`)
-	var got NAT
 	inNS(t, n, func() (err error) { got, err = observeNAT(); return err })
 	if !rawConverged(got.Prerouting, "prerouting", VXLANPort) || !rawConverged(got.Output, "output", VXLANPort) {
 		t.Fatalf("nft's own form of the notrack rules is not recognised: %s", natJSON(got))
@@ -516,7 +619,7 @@ func TestKernelApplyIdempotent(t *testing.T) {
 			NeighSet{Neigh: Neigh{Dev: VXLANName, IP: ip("10.32.0.64"), MAC: macB}},
 			FDBSet{FDB: FDB{Dev: VXLANName, MAC: macB, Dst: ip("198.18.0.2")}},
 			SysctlSet{Key: ipForward, Value: "1"},
-			NFTTableSet{ClusterCIDR: d.ClusterCIDR, VXLANPort: d.VXLAN.Port},
+			wantTable(d),
 			RouteDel{Route: gone},
 			NeighDel{Neigh: Neigh{Dev: VXLANName, IP: ip("10.32.9.9")}},
 			FDBDel{FDB: FDB{Dev: VXLANName, MAC: mustMAC("02:00:00:00:00:77"), Dst: ip("198.18.0.77")}},
@@ -683,7 +786,7 @@ func TestTwoNodeTraffic(t *testing.T) {
 			strings.Join(conntrackEntries(t, nodeB), "\n"))
 	}
 	r := NewReconciler(NewKernel())
-	checkOps(t, reconcile(t, nodeB, r, dB), "nft rebuild table ip weft { postrouting: ip saddr 10.32.0.0/16 ip daddr != 10.32.0.0/16 masquerade; prerouting, output: udp dport 6784 notrack }")
+	checkOps(t, reconcile(t, nodeB, r, dB), rebuildTable)
 	checkOps(t, reconcile(t, nodeB, r, dB))
 	run(t, nodeB, "conntrack", "-F")
 	ping(t, podA, "10.32.0.69")
@@ -745,7 +848,12 @@ func sourceSeen(t *testing.T, from, to ns.NetNS, dst string) string {
 // default route via the gateway.
 func attachPod(t *testing.T, node, pod ns.NetNS, addr string, d Desired) {
 	t.Helper()
-	const host = "vethpod"
+	attachPodVeth(t, node, pod, "vethpod", addr, d)
+}
+
+// attachPodVeth is attachPod with host as the name of the veth's end on the node.
+func attachPodVeth(t *testing.T, node, pod ns.NetNS, host, addr string, d Desired) {
+	t.Helper()
 	inNS(t, node, func() error {
 		v := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: host, MTU: d.MTU}, PeerName: "eth0",
 			PeerNamespace: netlink.NsFd(int(pod.Fd()))}
@@ -782,4 +890,220 @@ func ping(t *testing.T, n ns.NetNS, dst string) {
 		}
 	}
 	t.Fatalf("ping %s: %v\n%s", dst, err, out)
+}
+
+// TestKernelHostPortTraffic: host ports are translated to the pod for every way in — from
+// another host, from the node itself (chain hostports-output), from another pod on the
+// bridge and from the pod itself (the hairpin masquerade rule) — keep the client's address
+// where they can, follow HostIP, leave localhost alone, and stop when the mapping goes. With
+// br_netfilter passing bridged IPv4 to nftables (what Kubernetes nodes usually have) and
+// without it.
+func TestKernelHostPortTraffic(t *testing.T) {
+	testutil.RequireRoot(t)
+	for _, brnf := range []string{"1", "0"} {
+		t.Run("bridge-nf-call-iptables="+brnf, func(t *testing.T) { testHostPortTraffic(t, brnf) })
+	}
+}
+
+func testHostPortTraffic(t *testing.T, brnf string) {
+	node, client := testutil.NewNS(t), testutil.NewNS(t)
+	pod1, pod2 := testutil.NewNS(t), testutil.NewNS(t)
+
+	// The underlay: node 198.18.0.1 and a client host 198.18.0.100 on one link.
+	inNS(t, node, func() error {
+		return netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "eth0", MTU: 1500}, PeerName: "eth0c",
+			PeerNamespace: netlink.NsFd(int(client.Fd()))})
+	})
+	run(t, client, "ip", "link", "set", "eth0c", "name", "eth0")
+	for _, x := range []struct {
+		n    ns.NetNS
+		addr string
+	}{{node, "198.18.0.1/15"}, {client, "198.18.0.100/15"}} {
+		run(t, x.n, "ip", "addr", "add", x.addr, "dev", "eth0")
+		run(t, x.n, "ip", "link", "set", "eth0", "up")
+	}
+
+	d := kernelDesired(true)
+	d.Peers = nil
+	d.HostPorts = []HostPort{
+		{Protocol: "tcp", HostPort: 18080, PodIP: ip("10.32.0.5"), PodPort: 8080},
+		{Protocol: "udp", HostPort: 15353, PodIP: ip("10.32.0.5"), PodPort: 5353},
+		{Protocol: "tcp", HostIP: ip("198.18.0.1"), HostPort: 18081, PodIP: ip("10.32.0.5"), PodPort: 8080},
+	}
+	r := NewReconciler(NewKernel())
+	reconcile(t, node, r, d)
+	checkView(t, node, d, expectedView(d))
+	checkOps(t, reconcile(t, node, r, d))
+	if brnf == "1" {
+		t.Logf("nft list table ip weft:\n%s", run(t, node, "nft", "list", "table", "ip", NFTTable))
+	}
+	const brnfPath = "/proc/sys/net/bridge/bridge-nf-call-iptables"
+	inNS(t, node, func() error {
+		if _, err := os.Stat(brnfPath); err != nil {
+			if brnf == "1" {
+				return fmt.Errorf("%s: %w (this case needs br_netfilter)", brnfPath, err)
+			}
+			return nil // without br_netfilter bridged packets never reach nftables
+		}
+		return os.WriteFile(brnfPath, []byte(brnf), 0o644)
+	})
+
+	attachPodVeth(t, node, pod1, "vethpod1", "10.32.0.5/26", d)
+	attachPodVeth(t, node, pod2, "vethpod2", "10.32.0.6/26", d)
+	// A pod reaching itself through a host port is sent back out of the port it came in by.
+	run(t, node, "bridge", "link", "set", "dev", "vethpod1", "hairpin", "on")
+	servePod(t, pod1, "pod1")
+
+	// Another pod on the bridge is masqueraded by the hairpin rule where the node routes
+	// its packets; where br_netfilter bridges them, conntrack un-translates the answer on
+	// the bridge, and the pod's address is kept (see hairpinExprs).
+	sameBridge := "10.32.0.1"
+	if brnf == "1" {
+		sameBridge = "10.32.0.6"
+	}
+	// Each answer names the source address the pod saw.
+	for _, x := range []struct {
+		what   string
+		from   ns.NetNS
+		proto  string
+		dst    string
+		source string
+	}{
+		{"another host", client, "tcp", "198.18.0.1:18080", "198.18.0.100"},
+		{"another host, to the HostIP of a mapping", client, "tcp", "198.18.0.1:18081", "198.18.0.100"},
+		{"another host, UDP", client, "udp", "198.18.0.1:15353", "198.18.0.100"},
+		{"the node, to its underlay address", node, "tcp", "198.18.0.1:18080", "198.18.0.1"},
+		{"the node, to its gateway address", node, "tcp", "10.32.0.1:18080", "10.32.0.1"},
+		{"the node, UDP", node, "udp", "198.18.0.1:15353", "198.18.0.1"},
+		{"another pod on the bridge", pod2, "tcp", "198.18.0.1:18080", sameBridge},
+		{"another pod on the bridge, UDP", pod2, "udp", "10.32.0.1:15353", sameBridge},
+		{"the pod itself (hairpin, masqueraded)", pod1, "tcp", "198.18.0.1:18080", "10.32.0.1"},
+	} {
+		got, err := ask(t, x.from, x.proto, x.dst, 2*time.Second, 3)
+		if want := fmt.Sprintf("pod1 %s from %s", x.proto, x.source); err != nil || got != want {
+			t.Errorf("%s -> %s %s: got %q, %v; want %q", x.what, x.proto, x.dst, got, err, want)
+		}
+	}
+
+	// Not translated, so refused by the node itself at once.
+	for _, x := range []struct {
+		what string
+		from ns.NetNS
+		dst  string
+	}{
+		{"a HostIP mapping, on another address of the node", pod2, "10.32.0.1:18081"},
+		{"localhost (not supported: it would need route_localnet)", node, "127.0.0.1:18080"},
+	} {
+		if got, err := ask(t, x.from, "tcp", x.dst, 2*time.Second, 1); !errors.Is(err, unix.ECONNREFUSED) {
+			t.Errorf("%s: tcp %s answered %q, %v; want connection refused", x.what, x.dst, got, err)
+		}
+	}
+
+	t.Log("without weft's hairpin rules a pod cannot reach itself through its host port; rules changed by hand make a reconcile rebuild the table")
+	run(t, node, "nft", "flush chain ip weft postrouting")
+	run(t, node, "nft", `add rule ip weft postrouting ip saddr 10.32.0.0/16 ip daddr != 10.32.0.0/16 masquerade comment "weft: masquerade 10.32.0.0/16"`)
+	run(t, node, "nft", "add rule ip weft hostports-output tcp dport 9999 dnat to 10.32.0.6:80")
+	if got, err := ask(t, pod1, "tcp", "198.18.0.1:18080", time.Second, 1); err == nil {
+		t.Errorf("the pod reached itself without the hairpin rules (%q): the check above proves nothing", got)
+	}
+	checkOps(t, reconcile(t, node, r, d), wantTable(d).String())
+	checkView(t, node, d, expectedView(d))
+	if got, err := ask(t, pod1, "tcp", "198.18.0.1:18080", 2*time.Second, 3); err != nil || got != "pod1 tcp from 10.32.0.1" {
+		t.Errorf("the pod itself after the rebuild: got %q, %v", got, err)
+	}
+
+	t.Log("the mappings go: the ports are closed again")
+	gone := d
+	gone.HostPorts = nil
+	checkOps(t, reconcile(t, node, r, gone), rebuildTable)
+	checkView(t, node, gone, expectedView(gone))
+	for _, x := range []struct {
+		from  ns.NetNS
+		proto string
+		dst   string
+	}{{client, "tcp", "198.18.0.1:18080"}, {pod2, "tcp", "198.18.0.1:18080"}, {client, "udp", "198.18.0.1:15353"}} {
+		start := time.Now()
+		if got, err := ask(t, x.from, x.proto, x.dst, time.Second, 1); err == nil {
+			t.Errorf("%s %s still answered after the mapping was removed: %q", x.proto, x.dst, got)
+		} else if took := time.Since(start); took > 1500*time.Millisecond {
+			t.Errorf("%s %s: the failure took %v", x.proto, x.dst, took)
+		}
+	}
+}
+
+// servePod answers on TCP port 8080 and UDP port 5353 of every address of n with "<name>
+// <proto> from <the client's address>".
+func servePod(t *testing.T, n ns.NetNS, name string) {
+	t.Helper()
+	var tl net.Listener
+	var ul net.PacketConn
+	inNS(t, n, func() (err error) {
+		if tl, err = net.Listen("tcp4", "0.0.0.0:8080"); err != nil {
+			return err
+		}
+		ul, err = net.ListenPacket("udp4", "0.0.0.0:5353")
+		return err
+	})
+	t.Cleanup(func() { tl.Close(); ul.Close() })
+	go func() {
+		for {
+			c, err := tl.Accept()
+			if err != nil {
+				return // closed
+			}
+			from := c.RemoteAddr().(*net.TCPAddr).IP
+			fmt.Fprintf(c, "%s tcp from %s", name, from)
+			c.Close()
+		}
+	}()
+	go func() {
+		buf := make([]byte, 1500)
+		for {
+			_, addr, err := ul.ReadFrom(buf)
+			if err != nil {
+				return // closed
+			}
+			ul.WriteTo([]byte(fmt.Sprintf("%s udp from %s", name, addr.(*net.UDPAddr).IP)), addr)
+		}
+	}()
+}
+
+// ask connects from inside n to dst over proto ("tcp": read what the server says; "udp":
+// send a datagram, read the answer) and returns the answer. Each of the tries is bounded by
+// timeout; the error is the last try's.
+func ask(t *testing.T, n ns.NetNS, proto, dst string, timeout time.Duration, tries int) (string, error) {
+	t.Helper()
+	var answer string
+	var err error
+	for range tries {
+		inNS(t, n, func() error {
+			answer, err = askOnce(proto, dst, timeout)
+			return nil
+		})
+		if err == nil {
+			break
+		}
+	}
+	return answer, err
+}
+
+func askOnce(proto, dst string, timeout time.Duration) (string, error) {
+	c, err := net.DialTimeout(proto+"4", dst, timeout)
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	if err := c.SetDeadline(time.Now().Add(timeout)); err != nil {
+		return "", err
+	}
+	if proto == "udp" {
+		if _, err := c.Write([]byte("hello")); err != nil {
+			return "", err
+		}
+		buf := make([]byte, 1500)
+		n, err := c.Read(buf)
+		return string(buf[:n]), err
+	}
+	b, err := io.ReadAll(c)
+	return string(b), err
 }

@@ -95,9 +95,20 @@ func TestValidate(t *testing.T) {
 		{"shared tunnel", func(d *Desired) { d.Peers[1].TunnelIP = d.VXLAN.TunnelIP }, "already has tunnel IP"},
 		{"shared mac", func(d *Desired) { d.Peers[1].MAC = d.Peers[0].MAC }, "already has VTEP MAC"},
 		{"peer with our underlay", func(d *Desired) { d.Peers[0].UnderlayIP = d.VXLAN.UnderlayIP }, "this node's underlay"},
+		{"host ports", func(*Desired) {}, ""},
+		{"host IP 0.0.0.0 is every address", func(d *Desired) { d.HostPorts[0].HostIP = ip("0.0.0.0") }, ""},
+		{"host port protocol", func(d *Desired) { d.HostPorts[0].Protocol = "TCP" }, `protocol "TCP": must be "tcp", "udp" or "sctp"`},
+		{"no host port protocol", func(d *Desired) { d.HostPorts[1].Protocol = "" }, `protocol ""`},
+		{"host port 0", func(d *Desired) { d.HostPorts[0].HostPort = 0 }, "host port 0: must be 1 to 65535"},
+		{"pod port 0", func(d *Desired) { d.HostPorts[2].PodPort = 0 }, "pod port 0: must be 1 to 65535"},
+		{"no pod IP", func(d *Desired) { d.HostPorts[0].PodIP = netip.Addr{} }, "pod IP invalid IP: must be the pod's IPv4 address"},
+		{"ipv6 pod IP", func(d *Desired) { d.HostPorts[0].PodIP = ip("2001:db8::5") }, "pod IP 2001:db8::5"},
+		{"ipv6 host IP", func(d *Desired) { d.HostPorts[2].HostIP = ip("2001:db8::1") }, "host IP 2001:db8::1: must be an IPv4 unicast address of this node, or unset"},
+		{"localhost host IP", func(d *Desired) { d.HostPorts[2].HostIP = ip("127.0.0.1") }, "CVE-2020-8558"},
+		{"udp host port on the VXLAN port", func(d *Desired) { d.HostPorts[1].HostPort = VXLANPort }, "is weft's VXLAN port"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			d := desiredA(true)
+			d := desiredHP(true)
 			tc.modify(&d)
 			err := d.Validate()
 			switch {
@@ -109,5 +120,46 @@ func TestValidate(t *testing.T) {
 				t.Fatalf("err = %v does not wrap ErrInvalidDesired", err)
 			}
 		})
+	}
+}
+
+// A bad host port stops the reconcile before anything changes, and an NFTTableSet that
+// cannot be written is refused whole, by the real kernel (TestKernelNFTRuleForm) as by the
+// fake.
+func TestBadHostPortChangesNothing(t *testing.T) {
+	k := &FakeKernel{}
+	d := desiredHP(true)
+	d.HostPorts[1].PodIP = ip("2001:db8::6")
+	res, err := NewReconciler(k).Reconcile(d)
+	if !errors.Is(err, ErrInvalidDesired) || !strings.Contains(err.Error(), "udp 15353 -> [2001:db8::6]:5353") {
+		t.Fatalf("err = %v, want ErrInvalidDesired naming the mapping", err)
+	}
+	if len(res.Ops) != 0 || len(k.Applied) != 0 {
+		t.Errorf("an invalid host port changed the kernel: %v", k.Applied)
+	}
+
+	k.State = converged(desiredA(true))
+	op := wantTable(d)
+	if err := k.Apply(op); err == nil || !strings.Contains(err.Error(), "pod IP 2001:db8::6") {
+		t.Fatalf("fake kernel applied %s: err = %v", op, err)
+	}
+	if got := natJSON(k.State.NAT); got != natJSON(converged(desiredA(true)).NAT) {
+		t.Errorf("a refused rebuild changed the table: %s", got)
+	}
+}
+
+// The text of a mapping in a rule comment reads back as the same mapping, and only the
+// canonical text does.
+func TestHostPortText(t *testing.T) {
+	for _, h := range desiredHP(true).HostPorts {
+		text := hostPortText(h, " ")
+		if got, ok := parseHostPort(text); !ok || got != h {
+			t.Errorf("parseHostPort(%q) = %+v, %v; want %+v", text, got, ok, h)
+		}
+	}
+	for _, text := range []string{"", "tcp 18080", "tcp 18080 10.32.0.5", "tcp x 10.32.0.5:80", "tcp 70000 10.32.0.5:80", "tcp 1 2 3"} {
+		if got, ok := parseHostPort(text); ok {
+			t.Errorf("parseHostPort(%q) = %+v, want no mapping", text, got)
+		}
 	}
 }

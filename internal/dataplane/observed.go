@@ -83,14 +83,19 @@ type FDB struct {
 	Permanent bool
 }
 
-// NAT is what exists of nftables table "ip weft".
+// NAT is what exists of nftables table "ip weft" (see the package doc, "The nftables
+// table"). Every chain is nil when absent.
 type NAT struct {
 	Table bool
-	// Chain is the chain "postrouting" of the table, nil when absent.
+	// Chain is the chain "postrouting" (masquerading).
 	Chain *NATChain
-	// Prerouting and Output are the chains "prerouting" and "output", nil when absent.
+	// Prerouting and Output are the raw chains "prerouting" and "output" (notrack).
 	Prerouting *RawChain
 	Output     *RawChain
+	// HostPortsPrerouting and HostPortsOutput are the dstnat chains "hostports-prerouting"
+	// and "hostports-output" (hostPort DNAT, for traffic from elsewhere and from the node).
+	HostPortsPrerouting *HostPortChain
+	HostPortsOutput     *HostPortChain
 }
 
 // NATChain describes weft's postrouting chain.
@@ -99,9 +104,21 @@ type NATChain struct {
 	Hook     string // "postrouting", or the hook number when it is another one
 	Priority int    // 100 (srcnat)
 	Policy   string // "accept" or "drop"
-	// Rules has one entry per rule in the chain: the cluster CIDR of a rule that is exactly
-	// weft's masquerade rule, the zero Prefix for any other rule.
-	Rules []netip.Prefix
+	// Rules has one entry per rule in the chain, in chain order.
+	Rules []NATRule
+}
+
+// NATRule is one rule of the postrouting chain as weft reads it: exactly one field is set
+// for a rule that is exactly one of weft's, none for any other rule.
+type NATRule struct {
+	// Masquerade is the cluster CIDR of weft's masquerade rule for it.
+	Masquerade netip.Prefix
+	// Hairpin is the bridge of weft's same-bridge rule for it: `iifname B oifname B ct
+	// status dnat masquerade`.
+	Hairpin string
+	// HairpinPod is the pod of weft's pod-to-itself rule for it: `ip saddr P ip daddr P
+	// ct status dnat masquerade`.
+	HairpinPod netip.Addr
 }
 
 // RawChain describes one of weft's raw chains, prerouting and output, which exempt the
@@ -116,8 +133,21 @@ type RawChain struct {
 	Rules []int
 }
 
-// The chains weft installs: type nat hook postrouting priority srcnat policy accept, and
-// type filter hook prerouting/output priority raw policy accept.
+// HostPortChain describes one of weft's hostPort chains, hostports-prerouting and
+// hostports-output.
+type HostPortChain struct {
+	Type     string // "nat"
+	Hook     string // "prerouting" or "output", or the hook number when it is another one
+	Priority int    // -100 (dstnat)
+	Policy   string // "accept" or "drop"
+	// Rules has one entry per rule in the chain: the mapping of a rule that is exactly
+	// weft's DNAT rule for it, the zero HostPort for any other rule.
+	Rules []HostPort
+}
+
+// The chains weft installs: type nat hook postrouting priority srcnat policy accept, type
+// filter hook prerouting/output priority raw policy accept, and type nat hook
+// prerouting/output priority dstnat policy accept.
 const (
 	natChainName     = "postrouting"
 	natChainType     = "nat"
@@ -130,6 +160,12 @@ const (
 	rawChainType      = "filter"
 	rawChainPriority  = -300
 	rawChainPolicy    = "accept"
+
+	hostPortsPreroutingName = "hostports-prerouting"
+	hostPortsOutputName     = "hostports-output"
+	hostPortsChainType      = "nat"
+	hostPortsChainPriority  = -100
+	hostPortsChainPolicy    = "accept"
 )
 
 // ours reports whether an FDB entry is one weft manages: a permanent unicast entry with a

@@ -77,13 +77,19 @@ type SysctlSet struct {
 	Value string
 }
 
-// NFTTableSet rebuilds table "ip weft" in one atomic nftables transaction: chain
-// "postrouting" (nat, srcnat) with the masquerade rule for ClusterCIDR, and chains
-// "prerouting" and "output" (filter, raw) that exempt UDP packets to VXLANPort, the overlay's
-// outer packets, from connection tracking.
+// NFTTableSet rebuilds table "ip weft" in one atomic nftables transaction (see the package
+// doc): chains "prerouting" and "output" (filter, raw) that exempt UDP packets to VXLANPort,
+// the overlay's outer packets, from connection tracking; chains "hostports-prerouting" and
+// "hostports-output" (nat, dstnat) with one DNAT rule per host port, in the order given
+// (Plan sorts them), both present even when there are none; and chain "postrouting" (nat,
+// srcnat) with the masquerade rule for ClusterCIDR, when Bridge is set the hairpin
+// masquerade rule for connections DNATed from the bridge back onto it, and one for each pod
+// with a host port reaching itself.
 type NFTTableSet struct {
 	ClusterCIDR netip.Prefix
 	VXLANPort   int
+	Bridge      string
+	HostPorts   []HostPort
 }
 
 func (LinkAdd) isOp()      {}
@@ -133,8 +139,34 @@ func (o FDBDel) String() string {
 }
 func (o SysctlSet) String() string { return "sysctl " + o.Key + "=" + o.Value }
 func (o NFTTableSet) String() string {
-	return fmt.Sprintf("nft rebuild table ip %s { %s: ip saddr %s ip daddr != %s masquerade; %s, %s: udp dport %d notrack }",
-		NFTTable, natChainName, o.ClusterCIDR, o.ClusterCIDR, rawPreroutingName, rawOutputName, o.VXLANPort)
+	var b strings.Builder
+	fmt.Fprintf(&b, "nft rebuild table ip %s { %s: ip saddr %s ip daddr != %s masquerade",
+		NFTTable, natChainName, o.ClusterCIDR, o.ClusterCIDR)
+	if o.Bridge != "" {
+		fmt.Fprintf(&b, ", iifname %[1]s oifname %[1]s ct status dnat masquerade", o.Bridge)
+	}
+	if pods := o.hairpinPods(); len(pods) > 0 {
+		b.WriteString(", ip saddr P ip daddr P ct status dnat masquerade for P in {")
+		for i, p := range pods {
+			if i > 0 {
+				b.WriteString(", ")
+			}
+			b.WriteString(p.String())
+		}
+		b.WriteByte('}')
+	}
+	fmt.Fprintf(&b, "; %s, %s: udp dport %d notrack; hostports:", rawPreroutingName, rawOutputName, o.VXLANPort)
+	if len(o.HostPorts) == 0 {
+		b.WriteString(" none")
+	}
+	for i, h := range o.HostPorts {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteString(" " + hostPortText(h, " -> "))
+	}
+	b.WriteString(" }")
+	return b.String()
 }
 
 func verb(replace bool) string {

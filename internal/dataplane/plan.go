@@ -39,8 +39,8 @@ func Plan(d Desired, o Observed) []Op {
 	if !o.IPForward {
 		tail = append(tail, SysctlSet{Key: ipForward, Value: "1"})
 	}
-	if !natConverged(o.NAT, d.ClusterCIDR, d.VXLAN.Port) {
-		tail = append(tail, NFTTableSet{ClusterCIDR: d.ClusterCIDR, VXLANPort: d.VXLAN.Port})
+	if table := wantTable(d); !natConverged(o.NAT, table) {
+		tail = append(tail, table)
 	}
 	return slices.Concat(brOps, vxOps, addrAdds, addrDels, routeDels,
 		neighSets, fdbSets, neighDels, fdbDels, routeSets, tail)
@@ -265,23 +265,83 @@ func planLink(want Link, have *Link) (ops []Op, fresh bool) {
 	return append(ops, LinkAdd{Link: want}, LinkSetUp{Name: want.Name}), true
 }
 
-// natConverged reports whether table "ip weft" is exactly weft's: the postrouting chain of
-// the right type, hook, priority and policy holding exactly the masquerade rule for cidr,
-// and the raw chains prerouting and output, each holding exactly the notrack rule for the
-// VXLAN port. Other chains in the table are not observed; the rebuild removes them anyway.
-func natConverged(n NAT, cidr netip.Prefix, vxlanPort int) bool {
+// wantTable is the content of table "ip weft" that d asks for.
+func wantTable(d Desired) NFTTableSet {
+	return NFTTableSet{ClusterCIDR: d.ClusterCIDR, VXLANPort: d.VXLAN.Port, Bridge: d.Bridge.Name,
+		HostPorts: sortedHostPorts(d.HostPorts)}
+}
+
+// sortedHostPorts orders host ports by HostIP, Protocol, HostPort, PodIP, PodPort, and drops
+// duplicates, so that the table does not depend on the order the agent lists them in. A
+// HostIP of 0.0.0.0 means every local address, like the zero Addr, and becomes it. Two
+// mappings of one host port to different pods are both kept, in that order: the first
+// rule translates, the second never matches (the kubelet does not let two pods of a node
+// claim one host port, so this is at most a passing state).
+func sortedHostPorts(hs []HostPort) []HostPort {
+	if len(hs) == 0 {
+		return nil
+	}
+	out := slices.Clone(hs)
+	for i := range out {
+		if out[i].HostIP.IsUnspecified() {
+			out[i].HostIP = netip.Addr{}
+		}
+	}
+	slices.SortFunc(out, func(a, b HostPort) int {
+		return cmp.Or(a.HostIP.Compare(b.HostIP), cmp.Compare(a.Protocol, b.Protocol),
+			cmp.Compare(a.HostPort, b.HostPort), a.PodIP.Compare(b.PodIP), cmp.Compare(a.PodPort, b.PodPort))
+	})
+	return slices.Compact(out)
+}
+
+// natConverged reports whether table "ip weft" is exactly want: each chain of the right
+// type, hook, priority and policy, holding exactly weft's rules for want, in order. The
+// hostports chains must exist even when want has no host ports. Other chains in the table
+// are not observed; the rebuild removes them anyway.
+func natConverged(n NAT, want NFTTableSet) bool {
 	c := n.Chain
 	return n.Table && c != nil && c.Type == natChainType && c.Hook == natChainHook &&
-		c.Priority == natChainPriority && c.Policy == natChainPolicy &&
-		len(c.Rules) == 1 && c.Rules[0] == cidr &&
-		rawConverged(n.Prerouting, rawPreroutingName, vxlanPort) &&
-		rawConverged(n.Output, rawOutputName, vxlanPort)
+		c.Priority == natChainPriority && c.Policy == natChainPolicy && slices.Equal(c.Rules, want.postrouting()) &&
+		rawConverged(n.Prerouting, rawPreroutingName, want.VXLANPort) &&
+		rawConverged(n.Output, rawOutputName, want.VXLANPort) &&
+		hostPortsConverged(n.HostPortsPrerouting, "prerouting", want.HostPorts) &&
+		hostPortsConverged(n.HostPortsOutput, "output", want.HostPorts)
+}
+
+// postrouting is the rules of chain postrouting for op, in order: the masquerade rule, the
+// same-bridge hairpin rule (when op names the bridge), and one pod-to-itself hairpin rule
+// per pod with a host port, by address.
+func (op NFTTableSet) postrouting() []NATRule {
+	rules := []NATRule{{Masquerade: op.ClusterCIDR}}
+	if op.Bridge != "" {
+		rules = append(rules, NATRule{Hairpin: op.Bridge})
+	}
+	for _, pod := range op.hairpinPods() {
+		rules = append(rules, NATRule{HairpinPod: pod})
+	}
+	return rules
+}
+
+// hairpinPods is the pods of op's host ports, sorted, each once.
+func (op NFTTableSet) hairpinPods() []netip.Addr {
+	var pods []netip.Addr
+	for _, h := range op.HostPorts {
+		pods = append(pods, h.PodIP)
+	}
+	slices.SortFunc(pods, netip.Addr.Compare)
+	return slices.Compact(pods)
 }
 
 func rawConverged(c *RawChain, hook string, port int) bool {
 	return c != nil && c.Type == rawChainType && c.Hook == hook &&
 		c.Priority == rawChainPriority && c.Policy == rawChainPolicy &&
 		len(c.Rules) == 1 && c.Rules[0] == port
+}
+
+func hostPortsConverged(c *HostPortChain, hook string, want []HostPort) bool {
+	return c != nil && c.Type == hostPortsChainType && c.Hook == hook &&
+		c.Priority == hostPortsChainPriority && c.Policy == hostPortsChainPolicy &&
+		slices.Equal(c.Rules, want)
 }
 
 func find(idx []int, ok func(int) bool) (int, bool) {

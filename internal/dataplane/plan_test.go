@@ -4,6 +4,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"net"
 	"net/netip"
@@ -57,6 +58,18 @@ func desiredA(prune bool) Desired {
 	}
 }
 
+// desiredHP is desiredA with host ports: every local address (tcp, udp) and one address
+// (tcp), listed in Plan's order.
+func desiredHP(prune bool) Desired {
+	d := desiredA(prune)
+	d.HostPorts = []HostPort{
+		{Protocol: "tcp", HostPort: 18080, PodIP: ip("10.32.0.5"), PodPort: 8080},
+		{Protocol: "udp", HostPort: 15353, PodIP: ip("10.32.0.6"), PodPort: 5353},
+		{Protocol: "tcp", HostIP: ip("198.18.0.1"), HostPort: 8443, PodIP: ip("10.32.1.130"), PodPort: 443},
+	}
+	return d
+}
+
 // converged is the kernel state d asks for, written out by hand (independently of Plan),
 // plus the entries the kernel makes by itself, which no plan may touch.
 func converged(d Desired) Observed {
@@ -72,12 +85,23 @@ func converged(d Desired) Observed {
 		IPForward: true,
 		NAT: NAT{Table: true,
 			Chain: &NATChain{Type: "nat", Hook: "postrouting", Priority: 100,
-				Policy: "accept", Rules: []netip.Prefix{d.ClusterCIDR}},
+				Policy: "accept", Rules: []NATRule{{Masquerade: d.ClusterCIDR}, {Hairpin: d.Bridge.Name}}},
 			Prerouting: &RawChain{Type: "filter", Hook: "prerouting", Priority: -300,
 				Policy: "accept", Rules: []int{vx.Port}},
 			Output: &RawChain{Type: "filter", Hook: "output", Priority: -300,
 				Policy: "accept", Rules: []int{vx.Port}},
+			HostPortsPrerouting: &HostPortChain{Type: "nat", Hook: "prerouting", Priority: -100,
+				Policy: "accept", Rules: slices.Clone(d.HostPorts)},
+			HostPortsOutput: &HostPortChain{Type: "nat", Hook: "output", Priority: -100,
+				Policy: "accept", Rules: slices.Clone(d.HostPorts)},
 		},
+	}
+	pods := map[netip.Addr]bool{}
+	for _, h := range d.HostPorts {
+		pods[h.PodIP] = true
+	}
+	for _, pod := range slices.SortedFunc(maps.Keys(pods), netip.Addr.Compare) {
+		o.NAT.Chain.Rules = append(o.NAT.Chain.Rules, NATRule{HairpinPod: pod})
 	}
 	for _, b := range d.Bridge.Blocks {
 		o.Routes = append(o.Routes, Route{Dst: b, Dev: d.Bridge.Name, Scope: ScopeLink, Src: d.Bridge.Gateway})
@@ -253,7 +277,7 @@ var planCases = []struct {
 		o: func() Observed {
 			o := converged(desiredA(false))
 			o.IPForward = false
-			o.NAT.Chain.Rules = []netip.Prefix{cidr("10.32.0.0/16"), {}} // someone added a rule
+			o.NAT.Chain.Rules = append(o.NAT.Chain.Rules, NATRule{}) // someone added a rule
 			return o
 		}(),
 	},
@@ -262,7 +286,7 @@ var planCases = []struct {
 		d:    desiredA(true),
 		o: func() Observed {
 			o := converged(desiredA(true))
-			o.NAT.Chain.Rules = []netip.Prefix{cidr("10.40.0.0/16")}
+			o.NAT.Chain.Rules[0] = NATRule{Masquerade: cidr("10.40.0.0/16")}
 			return o
 		}(),
 	},
@@ -309,6 +333,98 @@ var planCases = []struct {
 		o: func() Observed {
 			o := converged(desiredA(true))
 			o.NAT.Output.Priority = 0 // filter priority: after conntrack, too late for notrack
+			return o
+		}(),
+	},
+	{
+		name: "hostports-empty-kernel",
+		d:    desiredHP(true),
+		o:    Observed{},
+	},
+	{
+		name: "hostports-added",
+		d:    desiredHP(true),
+		o:    converged(desiredA(true)),
+	},
+	{
+		// The agent's order, a duplicate and 0.0.0.0 for every address do not matter.
+		name: "hostports-converged",
+		d: func() Desired {
+			d := desiredHP(true)
+			h := d.HostPorts
+			wildcard := h[0]
+			wildcard.HostIP = ip("0.0.0.0")
+			d.HostPorts = []HostPort{h[2], h[1], wildcard, h[0], h[2]}
+			return d
+		}(),
+		o: converged(desiredHP(true)),
+	},
+	{
+		name: "hostports-removed",
+		d:    desiredA(true),
+		o:    converged(desiredHP(true)),
+	},
+	{
+		name: "hostports-one-removed",
+		d: func() Desired {
+			d := desiredHP(true)
+			d.HostPorts = d.HostPorts[1:]
+			return d
+		}(),
+		o: converged(desiredHP(true)),
+	},
+	{
+		name: "hostports-rule-edited-by-hand",
+		d:    desiredHP(true),
+		o: func() Observed {
+			o := converged(desiredHP(true))
+			o.NAT.HostPortsOutput.Rules[1] = HostPort{} // no longer exactly weft's rule
+			return o
+		}(),
+	},
+	{
+		name: "hostports-rule-added-by-hand",
+		d:    desiredHP(true),
+		o: func() Observed {
+			o := converged(desiredHP(true))
+			o.NAT.HostPortsPrerouting.Rules = append(o.NAT.HostPortsPrerouting.Rules, HostPort{})
+			return o
+		}(),
+	},
+	{
+		name: "hostports-chains-missing",
+		d:    desiredA(true),
+		o: func() Observed {
+			o := converged(desiredA(true))
+			o.NAT.HostPortsPrerouting, o.NAT.HostPortsOutput = nil, nil // the table of an older weft
+			o.NAT.Chain.Rules = o.NAT.Chain.Rules[:1]                   // without the hairpin rule
+			return o
+		}(),
+	},
+	{
+		name: "hostports-chain-wrong-priority",
+		d:    desiredHP(true),
+		o: func() Observed {
+			o := converged(desiredHP(true))
+			o.NAT.HostPortsPrerouting.Priority = 100
+			return o
+		}(),
+	},
+	{
+		name: "hairpin-pod-rule-missing",
+		d:    desiredHP(true),
+		o: func() Observed {
+			o := converged(desiredHP(true))
+			o.NAT.Chain.Rules = o.NAT.Chain.Rules[:len(o.NAT.Chain.Rules)-1]
+			return o
+		}(),
+	},
+	{
+		name: "hairpin-rule-other-bridge",
+		d:    desiredHP(true),
+		o: func() Observed {
+			o := converged(desiredHP(true))
+			o.NAT.Chain.Rules[1] = NATRule{Hairpin: "cni0"}
 			return o
 		}(),
 	},
@@ -407,6 +523,8 @@ func TestPlanDeterministic(t *testing.T) {
 				}
 				d.Bridge.Blocks = slices.Clone(d.Bridge.Blocks)
 				shuffle(rng, d.Bridge.Blocks)
+				d.HostPorts = slices.Clone(d.HostPorts)
+				shuffle(rng, d.HostPorts)
 				o := clone(tc.o)
 				shuffle(rng, o.Addrs)
 				shuffle(rng, o.Routes)
@@ -440,7 +558,11 @@ func TestOpStrings(t *testing.T) {
 		{LinkAdd{Link{Name: VXLANName, Kind: "vxlan", VNI: 1, Port: 6784, Local: ip("198.18.0.1"), Underlay: "eth0", MAC: macA, MTU: 1450}},
 			"link add weft-vxlan type vxlan id 1 dstport 6784 local 198.18.0.1 dev eth0 nolearning address 02:00:00:00:00:0a mtu 1450"},
 		{NFTTableSet{ClusterCIDR: cidr("10.32.0.0/16"), VXLANPort: 6784},
-			"nft rebuild table ip weft { postrouting: ip saddr 10.32.0.0/16 ip daddr != 10.32.0.0/16 masquerade; prerouting, output: udp dport 6784 notrack }"},
+			"nft rebuild table ip weft { postrouting: ip saddr 10.32.0.0/16 ip daddr != 10.32.0.0/16 masquerade; prerouting, output: udp dport 6784 notrack; hostports: none }"},
+		{wantTable(desiredHP(true)),
+			"nft rebuild table ip weft { postrouting: ip saddr 10.32.0.0/16 ip daddr != 10.32.0.0/16 masquerade, iifname weft oifname weft ct status dnat masquerade, " +
+				"ip saddr P ip daddr P ct status dnat masquerade for P in {10.32.0.5, 10.32.0.6, 10.32.1.130}; " +
+				"prerouting, output: udp dport 6784 notrack; hostports: tcp 18080 -> 10.32.0.5:8080, udp 15353 -> 10.32.0.6:5353, tcp 198.18.0.1:8443 -> 10.32.1.130:443 }"},
 	} {
 		if got := tc.op.String(); got != tc.want {
 			t.Errorf("got  %q\nwant %q", got, tc.want)

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"strings"
 )
 
 // ErrInvalidDesired is wrapped by every problem Validate reports, and by the reasons in
@@ -69,6 +70,11 @@ func (d Desired) validateNode() error {
 	if c := d.ClusterCIDR; !c.Addr().Is4() || c.Bits() < 1 || c != c.Masked() {
 		bad("cluster CIDR %v: must be an IPv4 network like 10.32.0.0/12", c)
 	}
+	for _, h := range d.HostPorts {
+		if err := d.CheckHostPort(h); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	seen := map[netip.Prefix]bool{}
 	for _, b := range d.Bridge.Blocks {
 		if err := checkBlock(b); err != nil {
@@ -81,11 +87,57 @@ func (d Desired) validateNode() error {
 	return errors.Join(errs...)
 }
 
+// CheckHostPort reports what is wrong with a host port mapping on this node, so that the
+// agent can refuse it when a pod asks, rather than fail every later reconcile.
+func (d Desired) CheckHostPort(h HostPort) error {
+	if h.HostIP.IsUnspecified() {
+		h.HostIP = netip.Addr{} // 0.0.0.0: every address, as Plan reads it
+	}
+	if err := checkHostPort(h); err != nil {
+		return err
+	}
+	if h.Protocol == "udp" && int(h.HostPort) == d.VXLAN.Port {
+		return invalid("host port %s: UDP port %d is weft's VXLAN port, whose packets are never tracked and so cannot be translated: give the pod another hostPort",
+			hostPortText(h, " -> "), h.HostPort)
+	}
+	return nil
+}
+
 func checkIP(what string, ip netip.Addr) error {
 	if !ip.Is4() || ip.IsUnspecified() || ip.IsMulticast() {
 		return invalid("%s %v: must be an IPv4 unicast address", what, ip)
 	}
 	return nil
+}
+
+// checkHostPort checks one host port mapping as table ip weft holds it (HostIP unset for
+// every address). The error names the mapping and every problem with it.
+func checkHostPort(h HostPort) error {
+	var why []string
+	if _, ok := hostPortProtocols[h.Protocol]; !ok {
+		why = append(why, fmt.Sprintf(`protocol %q: must be "tcp", "udp" or "sctp" (lower case)`, h.Protocol))
+	}
+	if h.HostPort == 0 {
+		why = append(why, "host port 0: must be 1 to 65535")
+	}
+	if h.PodPort == 0 {
+		why = append(why, "pod port 0: must be 1 to 65535")
+	}
+	if !h.PodIP.Is4() || h.PodIP.IsUnspecified() || h.PodIP.IsMulticast() || h.PodIP.IsLoopback() || h.PodIP == netip.AddrFrom4([4]byte{255, 255, 255, 255}) {
+		why = append(why, fmt.Sprintf("pod IP %v: must be the pod's IPv4 address", h.PodIP))
+	}
+	switch ip := h.HostIP; {
+	case !ip.IsValid():
+	case ip.IsLoopback():
+		// See hostPortExprs: that would need route_localnet (CVE-2020-8558).
+		why = append(why, fmt.Sprintf("host IP %v: host ports on loopback addresses are not supported (they would need route_localnet, see CVE-2020-8558): use an address of the node's interfaces, or none for every address", ip))
+	case !ip.Is4() || ip.IsUnspecified() || ip.IsMulticast() || ip == netip.AddrFrom4([4]byte{255, 255, 255, 255}):
+		why = append(why, fmt.Sprintf("host IP %v: must be an IPv4 unicast address of this node, or unset for every address", ip))
+	}
+	if len(why) == 0 {
+		return nil
+	}
+	return invalid("host port %s: %s", hostPortText(h, " -> "), strings.Join(why, "; "))
 }
 
 func checkMAC(what string, mac net.HardwareAddr) error {

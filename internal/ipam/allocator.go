@@ -28,6 +28,17 @@ type Key struct {
 type Lease struct {
 	Key
 	Address netip.Prefix `json:"address"`
+	// Ports are the pod's hostPort mappings. They are kept with the address because they
+	// live and die with it: released, garbage-collected and dropped at a reboot together.
+	Ports []PortMapping `json:"ports,omitempty"`
+}
+
+// PortMapping forwards a port of the node to a port of the pod (Kubernetes' hostPort).
+type PortMapping struct {
+	Protocol string     `json:"protocol"`        // tcp, udp or sctp
+	HostIP   netip.Addr `json:"hostIP,omitzero"` // zero: every address of the node
+	HostPort uint16     `json:"hostPort"`
+	PodPort  uint16     `json:"podPort"`
 }
 
 // ErrExhausted means every address of the node's blocks is taken and no free block is left
@@ -61,6 +72,7 @@ type Allocator struct {
 	mu     sync.Mutex
 	blocks []netip.Prefix // blocks[0] is the home block
 	leases map[Key]netip.Addr
+	ports  map[Key][]PortMapping // only keys that have mappings
 	used   map[netip.Addr]Key
 	cursor netip.Addr // the last address handed out; the search continues after it
 
@@ -90,7 +102,7 @@ func New(ctx context.Context, cfg Config) (*Allocator, error) {
 	if cfg.BootID == "" {
 		cfg.BootID = bootID()
 	}
-	a := &Allocator{cfg: cfg, leases: map[Key]netip.Addr{}, used: map[netip.Addr]Key{}}
+	a := &Allocator{cfg: cfg, leases: map[Key]netip.Addr{}, used: map[netip.Addr]Key{}, ports: map[Key][]PortMapping{}}
 	if err := a.load(ctx); err != nil {
 		return nil, err
 	}
@@ -222,6 +234,9 @@ func (a *Allocator) load(ctx context.Context) error {
 	for _, l := range st.Leases {
 		if a.blockOf(l.Address.Addr()).IsValid() {
 			a.leases[l.Key] = l.Address.Addr()
+			if len(l.Ports) > 0 {
+				a.ports[l.Key] = l.Ports
+			}
 			a.used[l.Address.Addr()] = l.Key
 		}
 	}
@@ -275,17 +290,30 @@ func (a *Allocator) Get(k Key) (Lease, bool) {
 	if !ok {
 		return Lease{}, false
 	}
-	return Lease{Key: k, Address: netip.PrefixFrom(ip, a.cfg.BlockBits)}, true
+	return a.leaseOf(k, ip), true
 }
 
-// Allocate returns k's lease, making one if k has none.
-func (a *Allocator) Allocate(ctx context.Context, k Key) (Lease, error) {
+func (a *Allocator) leaseOf(k Key, ip netip.Addr) Lease {
+	return Lease{Key: k, Address: netip.PrefixFrom(ip, a.cfg.BlockBits), Ports: slices.Clone(a.ports[k])}
+}
+
+// Allocate returns k's lease, making one if k has none. The lease keeps ports, replacing
+// the mappings an earlier Allocate of k gave.
+func (a *Allocator) Allocate(ctx context.Context, k Key, ports ...PortMapping) (Lease, error) {
 	changed := false
 	defer a.notifyIf(&changed) // runs after the unlock below
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	ports = slices.Clone(ports)
 	if ip, ok := a.leases[k]; ok {
-		return Lease{Key: k, Address: netip.PrefixFrom(ip, a.cfg.BlockBits)}, nil
+		if prev := a.ports[k]; !slices.Equal(prev, ports) {
+			a.setPorts(k, ports)
+			if err := a.persist(); err != nil {
+				a.setPorts(k, prev)
+				return Lease{}, err
+			}
+		}
+		return a.leaseOf(k, ip), nil
 	}
 	ip, ok := a.nextFree()
 	if !ok {
@@ -301,16 +329,26 @@ func (a *Allocator) Allocate(ctx context.Context, k Key) (Lease, error) {
 	}
 	a.leases[k] = ip
 	a.used[ip] = k
+	a.setPorts(k, ports)
 	prev := a.cursor
 	a.cursor = ip
 	if err := a.persist(); err != nil {
 		delete(a.leases, k)
 		delete(a.used, ip)
+		delete(a.ports, k)
 		a.cursor = prev
 		return Lease{}, err
 	}
 	a.kickSpares()
-	return Lease{Key: k, Address: netip.PrefixFrom(ip, a.cfg.BlockBits)}, nil
+	return a.leaseOf(k, ip), nil
+}
+
+func (a *Allocator) setPorts(k Key, ports []PortMapping) {
+	if len(ports) == 0 {
+		delete(a.ports, k)
+		return
+	}
+	a.ports[k] = ports
 }
 
 // notifyIf calls OnBlocksChanged if *changed; deferred before the lock is taken, so the
@@ -361,6 +399,7 @@ func (a *Allocator) releaseAll(ctx context.Context, keys []Key) ([]Key, error) {
 		}
 		delete(a.leases, k)
 		delete(a.used, ip)
+		delete(a.ports, k)
 		released = append(released, k)
 	}
 	if len(released) == 0 {
@@ -418,7 +457,7 @@ func (a *Allocator) Leases() []Lease {
 	defer a.mu.Unlock()
 	out := make([]Lease, 0, len(a.leases))
 	for k, ip := range a.leases {
-		out = append(out, Lease{Key: k, Address: netip.PrefixFrom(ip, a.cfg.BlockBits)})
+		out = append(out, a.leaseOf(k, ip))
 	}
 	slices.SortFunc(out, func(x, y Lease) int { return comparePrefix(x.Address, y.Address) })
 	return out
@@ -587,7 +626,7 @@ func (a *Allocator) persist() error {
 		Blocks: a.blocks, Cursor: a.cursor, Leases: make([]Lease, 0, len(a.leases)), Boot: a.cfg.BootID,
 	}
 	for k, ip := range a.leases {
-		st.Leases = append(st.Leases, Lease{Key: k, Address: netip.PrefixFrom(ip, a.cfg.BlockBits)})
+		st.Leases = append(st.Leases, Lease{Key: k, Address: netip.PrefixFrom(ip, a.cfg.BlockBits), Ports: a.ports[k]})
 	}
 	slices.SortFunc(st.Leases, func(x, y Lease) int { return comparePrefix(x.Address, y.Address) })
 	b, err := json.Marshal(st)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"path/filepath"
+	"reflect"
 	"sync"
 	"testing"
 	"time"
@@ -46,7 +47,7 @@ func TestAllocateBasics(t *testing.T) {
 		t.Fatalf("first lease %s, want %s (after network and gateway)", l1.Address, want)
 	}
 	again, _ := a.Allocate(ctx, key(1))
-	if again != l1 {
+	if !reflect.DeepEqual(again, l1) {
 		t.Fatalf("second Allocate for the same key gave %v, want %v", again, l1)
 	}
 	if ok, err := a.Release(ctx, Key{ContainerID: "unknown", IfName: "eth0"}); ok || err != nil {
@@ -147,7 +148,7 @@ func TestRestartKeepsLeases(t *testing.T) {
 	}
 	for _, l := range leases {
 		got, ok := b.Get(l.Key)
-		if !ok || got != l {
+		if !ok || !reflect.DeepEqual(got, l) {
 			t.Fatalf("lease of %v after restart: %v %v, want %v", l.Key, got, ok, l)
 		}
 	}
@@ -338,7 +339,7 @@ func TestRestartWhileStoreDown(t *testing.T) {
 	if err != nil {
 		t.Fatalf("restart with the store down: %v", err)
 	}
-	if got, ok := b.Get(key(1)); !ok || got != l1 {
+	if got, ok := b.Get(key(1)); !ok || !reflect.DeepEqual(got, l1) {
 		t.Fatalf("lease after restart = %v %v, want %v", got, ok, l1)
 	}
 	l2, err := b.Allocate(ctx, key(2))
@@ -381,6 +382,44 @@ func TestGrowsIntoBuddyBlocks(t *testing.T) {
 	for _, b := range blocks {
 		if !group.Contains(b.Addr()) {
 			t.Fatalf("blocks %v do not fill one aligned /24 (%s)", blocks, group)
+		}
+	}
+}
+
+// A lease's port mappings are kept with it: across a restart, replaced by a later Allocate
+// of the same key, and gone with the lease.
+func TestPortMappingsLiveWithTheLease(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	store := FileStore{Dir: filepath.Join(dir, "claims")}
+	a := newAlloc(t, store, dir, "n1", "10.32.0.0/24", 26)
+	web := []PortMapping{{Protocol: "tcp", HostPort: 8080, PodPort: 80}}
+	dns := []PortMapping{{Protocol: "udp", HostIP: netip.MustParseAddr("198.18.0.1"), HostPort: 53, PodPort: 5353}}
+
+	l1, err := a.Allocate(ctx, key(1), web...)
+	if err != nil || !reflect.DeepEqual(l1.Ports, web) {
+		t.Fatalf("Allocate with ports = %+v, %v; want ports %+v", l1, err, web)
+	}
+	if _, err := a.Allocate(ctx, key(2)); err != nil {
+		t.Fatal(err)
+	}
+	b := newAlloc(t, store, dir, "n1", "10.32.0.0/24", 26) // a restart
+	if got, _ := b.Get(key(1)); !reflect.DeepEqual(got, l1) {
+		t.Fatalf("after a restart: %+v, want %+v", got, l1)
+	}
+	if got, _ := b.Get(key(2)); got.Ports != nil {
+		t.Fatalf("a lease without mappings came back with %+v", got.Ports)
+	}
+	again, err := b.Allocate(ctx, key(1), dns...)
+	if err != nil || again.Address != l1.Address || !reflect.DeepEqual(again.Ports, dns) {
+		t.Fatalf("Allocate again with other ports = %+v, %v; want %s with %+v", again, err, l1.Address, dns)
+	}
+	if _, err := b.Release(ctx, key(1)); err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range newAlloc(t, store, dir, "n1", "10.32.0.0/24", 26).Leases() {
+		if l.Ports != nil {
+			t.Fatalf("mappings of a released lease are still kept: %+v", l)
 		}
 	}
 }

@@ -14,8 +14,8 @@
 // topped up in the background, so pods start while the claim store is unreachable
 // (spare.go).
 //
-// Leases (container ID + interface -> address) and owned blocks are kept in one JSON file
-// on the node, replaced atomically (write a temporary file, rename) on every change, so a
+// Leases (container ID + interface -> address, with the pod's hostPort mappings) and owned
+// blocks are kept in one JSON file on the node, replaced atomically (write a temporary file, rename) on every change, so a
 // restarted agent knows every address a live pod holds and never hands it out again. The
 // file is not fsynced: a killed agent loses nothing (the page cache holds the file), and
 // only a crash of the whole machine can lose a write — which also ends every pod whose

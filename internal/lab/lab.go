@@ -61,7 +61,7 @@ type Options struct {
 	// WeftBin is the binary that runs `weft agent` (default: this executable).
 	WeftBin string
 	// CNIBinDir holds weft-cni (default: the directory of WeftBin). Plugins are looked
-	// up in CNIBinDir, then /usr/lib/cni, where portmap and loopback live if installed.
+	// up in CNIBinDir, then /usr/lib/cni (the loopback plugin, if installed).
 	CNIBinDir string
 	// AgentArgs are appended to every agent's command line.
 	AgentArgs []string
@@ -105,8 +105,6 @@ type state struct {
 	WeftBin    string    `json:"weftBin"`
 	CNIBinDir  string    `json:"cniBinDir"`
 	AgentArgs  []string  `json:"agentArgs,omitempty"`
-	Portmap    bool      `json:"portmap"`
-	CNIVersion string    `json:"cniVersion,omitempty"` // of the conflist: 1.1.0, or 1.0.0 for an older portmap
 	NodesWant  int       `json:"nodesWanted"`
 	PodsWant   int       `json:"podsPerNodeWanted"`
 	Created    time.Time `json:"created"`
@@ -308,16 +306,6 @@ func (l *Lab) build(ctx context.Context) error {
 	}
 	if err := l.save(); err != nil {
 		return err
-	}
-
-	if !st.NoAgents {
-		version, why := portmapVersion(ctx, l.cniPath())
-		st.Portmap, st.CNIVersion = version != "", version
-		if st.Portmap {
-			l.logf("portmap: enabled (%s)", why)
-		} else {
-			l.logf("portmap: not used: %s", why)
-		}
 	}
 
 	t := time.Now()

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"time"
@@ -36,31 +35,6 @@ func (l *Lab) cniConfig() *libcni.CNIConfig {
 	return libcni.NewCNIConfigWithCacheDir(l.cniPath(), filepath.Join(l.Dir(), cniCache), nil)
 }
 
-// portmapVersion decides whether the conflist chains portmap, and at which CNI version:
-// the plugin must be installed, iptables (which it drives) must be on PATH, and the
-// conflist declares the newest version both weft-cni and portmap speak (distribution
-// builds of portmap may stop at 1.0.0). It returns "" when portmap is not used.
-func portmapVersion(ctx context.Context, path []string) (version, why string) {
-	if _, err := os.Stat(filepath.Join(systemCNIDir, "portmap")); err != nil {
-		return "", systemCNIDir + "/portmap is not installed"
-	}
-	if _, err := exec.LookPath("iptables"); err != nil {
-		return "", "no iptables on PATH, which portmap needs"
-	}
-	vctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	info, err := libcni.NewCNIConfig(path, nil).GetVersionInfo(vctx, "portmap")
-	if err != nil {
-		return "", fmt.Sprintf("asking portmap for its CNI versions failed: %v", err)
-	}
-	for _, v := range []string{cniVersion, "1.0.0"} {
-		if slices.Contains(info.SupportedVersions(), v) {
-			return v, "portmap found and iptables on PATH; conflist at CNI " + v
-		}
-	}
-	return "", fmt.Sprintf("the installed portmap supports CNI %v, not %s or 1.0.0", info.SupportedVersions(), cniVersion)
-}
-
 func conflistPath(n Node) string { return filepath.Join(n.Dir, "weft.conflist") }
 
 // loadConflist reads the node's conflist. It parses bytes rather than using
@@ -80,24 +54,13 @@ func loadConflist(n Node) (*libcni.NetworkConfigList, error) {
 
 // writeConflist writes the node's CNI network configuration list.
 func (l *Lab) writeConflist(n Node) error {
-	l.mu.Lock()
-	portmap, version := l.st.Portmap, l.st.CNIVersion
-	l.mu.Unlock()
-	if version == "" {
-		version = cniVersion
-	}
-	plugins := []map[string]any{{"type": "weft-cni", "socket": n.Socket}}
-	if portmap {
-		plugins = append(plugins, map[string]any{
-			"type":         "portmap",
-			"capabilities": map[string]bool{"portMappings": true},
-			"snat":         true,
-		})
-	}
+	// weft-cni alone: it takes the pods' hostPorts itself (capability portMappings).
 	b, err := json.MarshalIndent(map[string]any{
-		"cniVersion": version,
+		"cniVersion": cniVersion,
 		"name":       cniNetwork,
-		"plugins":    plugins,
+		"plugins": []map[string]any{{
+			"type": "weft-cni", "socket": n.Socket, "capabilities": map[string]bool{"portMappings": true},
+		}},
 	}, "", "  ")
 	if err != nil {
 		return fmt.Errorf("encoding conflist: %w", err)

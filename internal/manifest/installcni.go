@@ -17,21 +17,19 @@ type Install struct {
 	ConfDir    string // the runtime's CNI config directory (/etc/cni/net.d)
 	Socket     string // the agent's socket, written into the conflist
 	CNIVersion string // the conflist's cniVersion; CNIVersion when empty
-	Portmap    bool   // chain the portmap plugin (hostPort support)
 }
 
-// Conflist is the network configuration list weft installs.
+// Conflist is the network configuration list weft installs: weft-cni alone. It declares
+// the capability portMappings, so the runtime hands it the pods' hostPorts and the agent
+// forwards them; no portmap plugin is chained.
 func (in Install) Conflist() ([]byte, error) {
 	v := in.CNIVersion
 	if v == "" {
 		v = CNIVersion
 	}
-	plugins := []map[string]any{{"type": "weft-cni", "socket": in.Socket}}
-	if in.Portmap {
-		plugins = append(plugins, map[string]any{
-			"type": "portmap", "capabilities": map[string]bool{"portMappings": true}, "snat": true,
-		})
-	}
+	plugins := []map[string]any{{
+		"type": "weft-cni", "socket": in.Socket, "capabilities": map[string]bool{"portMappings": true},
+	}}
 	b, err := json.MarshalIndent(map[string]any{"cniVersion": v, "name": "weft", "plugins": plugins}, "", "  ")
 	if err != nil {
 		return nil, err

@@ -28,7 +28,7 @@ func Defaults() Options {
 const (
 	Namespace      = "kube-system"
 	ConflistName   = "10-weft.conflist"
-	CNIVersion     = "1.0.0" // the newest that weft-cni and the common portmap (1.1.x) both speak
+	CNIVersion     = "1.0.0" // of the conflist: the newest containerd 1.6 and 1.7 (libcni 1.1) accept
 	GossipSecret   = "weft-gossip-key"
 	HealthPort     = 6782
 	hostCNIBinDir  = "/host/opt/cni/bin"

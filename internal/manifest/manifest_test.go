@@ -130,7 +130,7 @@ func TestInstallCNI(t *testing.T) {
 	if err := os.WriteFile(plugin, []byte("plugin"), 0o700); err != nil {
 		t.Fatal(err)
 	}
-	in := Install{Plugin: plugin, BinDir: filepath.Join(dir, "bin"), ConfDir: filepath.Join(dir, "net.d"), Socket: "/run/weft/weft.sock", Portmap: true}
+	in := Install{Plugin: plugin, BinDir: filepath.Join(dir, "bin"), ConfDir: filepath.Join(dir, "net.d"), Socket: "/run/weft/weft.sock"}
 	for range 2 { // idempotent: a restarted init container installs over the old files
 		if err := in.Run(); err != nil {
 			t.Fatal(err)
@@ -152,7 +152,8 @@ func TestInstallCNI(t *testing.T) {
 	if err := json.Unmarshal(b, &conf); err != nil {
 		t.Fatal(err)
 	}
-	if conf.CNIVersion != "1.0.0" || conf.Name != "weft" || len(conf.Plugins) != 2 || conf.Plugins[0]["type"] != "weft-cni" || conf.Plugins[1]["type"] != "portmap" || conf.Plugins[1]["snat"] != true {
+	caps, _ := conf.Plugins[0]["capabilities"].(map[string]any)
+	if conf.CNIVersion != "1.0.0" || conf.Name != "weft" || len(conf.Plugins) != 1 || conf.Plugins[0]["type"] != "weft-cni" || caps["portMappings"] != true {
 		t.Errorf("conflist %s", b)
 	}
 	for _, d := range []string{"bin", "net.d"} {
