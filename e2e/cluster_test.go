@@ -261,32 +261,29 @@ func (s *suite) hostPort(t *testing.T) {
 	}
 	target := fmt.Sprintf("%s:%d", node.IP, hostPort)
 	want := map[string]string{target: "hostport"}
-	// From another node (its own network namespace, over the underlay).
-	other := c.Nodes[0]
-	out, err := runShort("nsenter", "--net="+netnsPath(other.NS), "--", c.Netcheck, "connect", target)
-	if err == nil {
-		err = checkConnectOutput(out, want)
-	}
-	if err != nil {
-		t.Errorf("from node %s to %s: %v", other.Name, target, err)
-	} else {
-		t.Logf("node %s -> %s answered by the hostPort pod", other.Name, target)
-	}
-	// From a pod on another node.
-	for _, p := range s.pods {
-		if p.Spec.NodeName == node.Name {
-			continue
+	// From every node (its own network namespace: the node itself and the others, over
+	// the underlay) and from every pod (on other nodes, and on the same bridge).
+	for _, n := range c.Nodes {
+		out, err := runShort("nsenter", "--net="+netnsPath(n.NS), "--", c.Netcheck, "connect", target)
+		if err == nil {
+			err = checkConnectOutput(out, want)
 		}
+		if err != nil {
+			t.Errorf("from node %s to %s: %v", n.Name, target, err)
+		} else {
+			t.Logf("node %s -> %s answered by the hostPort pod", n.Name, target)
+		}
+	}
+	for _, p := range s.pods {
 		out, err := c.Kubectl("exec", "-n", "default", p.Metadata.Name, "--", "/netcheck", "connect", target)
 		if err == nil {
 			err = checkConnectOutput(out, want)
 		}
 		if err != nil {
-			t.Errorf("from pod %s to %s: %v", p.Metadata.Name, target, err)
+			t.Errorf("from pod %s (%s) to %s: %v", p.Metadata.Name, p.Spec.NodeName, target, err)
 		} else {
 			t.Logf("pod %s (%s) -> %s answered by the hostPort pod", p.Metadata.Name, p.Spec.NodeName, target)
 		}
-		break
 	}
 }
 
