@@ -104,23 +104,34 @@ func labCmd() *cobra.Command {
 	status.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 
 	pod := &cobra.Command{Use: "pod", Short: "Add or delete a lab pod"}
-	pod.AddCommand(&cobra.Command{
+	var hostPorts []string
+	podAdd := &cobra.Command{
 		Use:   "add NODE NAME",
 		Short: "Create pod NAME on NODE through weft-cni",
 		Args:  cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			var ports []lab.HostPort
+			for _, s := range hostPorts {
+				h, err := lab.ParseHostPort(s)
+				if err != nil {
+					return err
+				}
+				ports = append(ports, h)
+			}
 			l, err := load()
 			if err != nil {
 				return err
 			}
-			p, err := l.AddPod(cmd.Context(), args[0], args[1])
+			p, err := l.AddPod(cmd.Context(), args[0], args[1], ports...)
 			if err != nil {
 				return err
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "%s/%s %s\n", p.Node, p.Name, p.Address)
 			return nil
 		},
-	}, &cobra.Command{
+	}
+	podAdd.Flags().StringArrayVar(&hostPorts, "host-port", nil, "forward HOST:POD[/udp] from the node's address to the pod (Kubernetes' hostPort); repeatable")
+	pod.AddCommand(podAdd, &cobra.Command{
 		Use:   "del NODE NAME",
 		Short: "Delete pod NAME on NODE through weft-cni",
 		Args:  cobra.ExactArgs(2),

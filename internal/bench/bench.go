@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -74,6 +75,9 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 			r.fail(it.name, ctx.Err())
 			break
 		}
+		// The kernel tears down a removed lab's namespaces in the background, which for
+		// a thousand pods takes CPU for a while: let it finish before measuring more.
+		waitQuiet(ctx, o)
 		t := time.Now()
 		progress(o, "== %s", it.name)
 		if err := it.f(ctx, o, r); err != nil {
@@ -84,6 +88,40 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	}
 	r.Elapsed = time.Since(r.Started).Round(time.Second).String()
 	return r, nil
+}
+
+// waitQuiet waits, at most a minute, until the machine's CPUs are at least 80 % idle over
+// half a second (/proc/stat), and says how long that took.
+func waitQuiet(ctx context.Context, o Options) {
+	start := time.Now()
+	for time.Since(start) < time.Minute && ctx.Err() == nil {
+		idle0, total0 := cpuTimes()
+		time.Sleep(500 * time.Millisecond)
+		idle1, total1 := cpuTimes()
+		if total1 > total0 && float64(idle1-idle0)/float64(total1-total0) >= 0.8 {
+			break
+		}
+	}
+	if d := time.Since(start); d > time.Second {
+		progress(o, "waited %s for the CPUs to be idle", d.Round(100*time.Millisecond))
+	}
+}
+
+// cpuTimes returns the machine's idle (idle + iowait) and total CPU time in clock ticks.
+func cpuTimes() (idle, total uint64) {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0, 0
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	for i, f := range strings.Fields(line)[1:] {
+		v, _ := strconv.ParseUint(f, 10, 64)
+		total += v
+		if i == 3 || i == 4 {
+			idle += v
+		}
+	}
+	return idle, total
 }
 
 func progress(o Options, format string, args ...any) {

@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/google/nftables"
+	"github.com/google/nftables/expr"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
@@ -51,9 +53,13 @@ func datapath(ctx context.Context, o Options, r *Report) error {
 		if err != nil {
 			return err
 		}
-		ref, err := buildFlannelRef(e, mtu)
+		ref, err := buildFlannelRef(e, "ref", mtu, false)
 		if err != nil {
 			return fmt.Errorf("building the reference VXLAN path: %w", err)
+		}
+		refCT, err := buildFlannelRef(e, "refct", mtu, true)
+		if err != nil {
+			return fmt.Errorf("building the reference VXLAN path with masquerading: %w", err)
 		}
 		veth, err := buildVethPair(e, mtu)
 		if err != nil {
@@ -62,6 +68,7 @@ func datapath(ctx context.Context, o Options, r *Report) error {
 		paths := []path{
 			{"overlay", n1p1.Namespace, n2p1.Namespace, n2p1.Address.Addr()},
 			{"vxlan-ref", ref.src, ref.dstNS, ref.dst},
+			{"vxlan-ref+ct", refCT.src, refCT.dstNS, refCT.dst},
 			{"underlay", nodes[0].Namespace, nodes[1].Namespace, nodes[1].Underlay},
 			{"same-node", n1p1.Namespace, n1p2.Namespace, n1p2.Address.Addr()},
 			{"veth", veth.src, veth.dstNS, veth.dst},
@@ -140,6 +147,10 @@ func datapath(ctx context.Context, o Options, r *Report) error {
 		note := "per-round ratio, paths alternated"
 		r.add(goalMin(Figure{Item: "1 datapath", Name: "overlay / vxlan-ref, TCP 1 stream", Unit: "x", Value: ratio("overlay", "vxlan-ref", tcp1), Note: note}, 0.97))
 		r.add(Figure{Item: "1 datapath", Name: "overlay / vxlan-ref, TCP 4 streams", Unit: "x", Value: ratio("overlay", "vxlan-ref", tcp4), Note: note})
+		r.add(Figure{Item: "1 datapath", Name: "overlay / vxlan-ref+ct, TCP 1 stream", Unit: "x", Value: ratio("overlay", "vxlan-ref+ct", tcp1),
+			Note: note + "; the reference with flannel's default --ip-masq, so conntrack is on as on weft's nodes"})
+		r.add(Figure{Item: "1 datapath", Name: "vxlan-ref+ct / vxlan-ref, TCP 1 stream", Unit: "x", Value: ratio("vxlan-ref+ct", "vxlan-ref", tcp1),
+			Note: note + "; what connection tracking costs the same path"})
 		r.add(Figure{Item: "1 datapath", Name: "overlay / vxlan-ref, RR p50 latency", Unit: "x", Value: ratio("overlay", "vxlan-ref", p50), Note: note})
 		r.add(Figure{Item: "1 datapath", Name: "overlay / underlay, TCP 1 stream", Unit: "x", Value: ratio("overlay", "underlay", tcp1), Note: note})
 		r.add(Figure{Item: "1 datapath", Name: "overlay / underlay, TCP 4 streams", Unit: "x", Value: ratio("overlay", "underlay", tcp4), Note: note})
@@ -252,9 +263,12 @@ func buildVethPair(e *env, mtu int) (path, error) {
 // nodes), each with pods on a bridge cni0 and one VXLAN device flannel.1 set up as
 // flannel's vxlan backend does it — per remote host one route "subnet via its
 // flannel.1 address onlink", one permanent neighbour entry and one permanent FDB entry;
-// learning off, no miss notifications. One pod on each host.
-func buildFlannelRef(e *env, mtu int) (path, error) {
-	ul, err := e.newNS("ref-ul")
+// learning off, no miss notifications. One pod on each host. With masq, each host also
+// masquerades pod traffic leaving the pod network, as flannel's manifest runs it
+// (--ip-masq), which turns connection tracking on for every packet, as on weft's nodes
+// (and on any node running kube-proxy). Namespace names start with prefix.
+func buildFlannelRef(e *env, prefix string, mtu int, masq bool) (path, error) {
+	ul, err := e.newNS(prefix + "-ul")
 	if err != nil {
 		return path{}, err
 	}
@@ -269,11 +283,16 @@ func buildFlannelRef(e *env, mtu int) (path, error) {
 	mac := func(i int) net.HardwareAddr { return net.HardwareAddr{0x02, 0xfe, 0, 0, 0, byte(i)} }
 	under := func(i int) string { return fmt.Sprintf("198.19.0.%d", i) }
 	for i := 1; i <= 2; i++ {
-		if hosts[i], err = e.newNS(fmt.Sprintf("ref-h%d", i)); err != nil {
+		if hosts[i], err = e.newNS(fmt.Sprintf("%s-h%d", prefix, i)); err != nil {
 			return path{}, err
 		}
-		if pods[i], err = e.newNS(fmt.Sprintf("ref-p%d", i)); err != nil {
+		if pods[i], err = e.newNS(fmt.Sprintf("%s-p%d", prefix, i)); err != nil {
 			return path{}, err
+		}
+		if masq {
+			if err := flannelMasq(hosts[i]); err != nil {
+				return path{}, fmt.Errorf("masquerading in %s: %w", hosts[i], err)
+			}
 		}
 		h, p := hosts[i], pods[i]
 		if err := sysctl(h, "net.ipv4.ip_forward", "1"); err != nil {
@@ -355,5 +374,31 @@ func buildFlannelRef(e *env, mtu int) (path, error) {
 			return path{}, err
 		}
 	}
-	return path{name: "vxlan-ref", src: pods[1], dstNS: pods[2], dst: netip.MustParseAddr("10.244.2.2")}, nil
+	return path{name: prefix, src: pods[1], dstNS: pods[2], dst: netip.MustParseAddr("10.244.2.2")}, nil
+}
+
+// flannelMasq gives a reference host table "ip flannel" with one nat rule, `ip saddr
+// 10.244.0.0/16 ip daddr != 10.244.0.0/16 masquerade` — what flannel's --ip-masq does with
+// iptables.
+func flannelMasq(host string) error {
+	return inNS(host, func() error {
+		c, err := nftables.New()
+		if err != nil {
+			return err
+		}
+		t := c.AddTable(&nftables.Table{Name: "flannel", Family: nftables.TableFamilyIPv4})
+		accept := nftables.ChainPolicyAccept
+		ch := c.AddChain(&nftables.Chain{Name: "postrouting", Table: t, Type: nftables.ChainTypeNAT,
+			Hooknum: nftables.ChainHookPostrouting, Priority: nftables.ChainPriorityNATSource, Policy: &accept})
+		match := func(offset uint32, op expr.CmpOp) []expr.Any {
+			return []expr.Any{
+				&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: offset, Len: 4},
+				&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: []byte{255, 255, 0, 0}, Xor: []byte{0, 0, 0, 0}},
+				&expr.Cmp{Op: op, Register: 1, Data: []byte{10, 244, 0, 0}},
+			}
+		}
+		c.AddRule(&nftables.Rule{Table: t, Chain: ch,
+			Exprs: append(append(match(12, expr.CmpOpEq), match(16, expr.CmpOpNeq)...), &expr.Masq{})})
+		return c.Flush()
+	})
 }

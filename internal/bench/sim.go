@@ -33,6 +33,14 @@ var (
 // simJoinPace is the pause after each simulated member's join.
 const simJoinPace = 40 * time.Millisecond
 
+// simProbeTimeout is how long a simulated member waits for a probe's ack before asking
+// others to probe (memberlist's default is 500 ms). Hundreds of members share this
+// process's two CPUs, so an ack can be late by the process's scheduling delay alone; with
+// 500 ms that set off waves of false suspicion and refutation at 300 members on a slow
+// day, traffic a cluster of separate machines never sends. In a healthy cluster every ack
+// comes back in time either way, so the figures are those of such a cluster.
+const simProbeTimeout = 900 * time.Millisecond
+
 // simAddr is the gossip address of simulated member i: 198.18.1.0 + i.
 func simAddr(i int) netip.Addr {
 	return netip.AddrFrom4([4]byte{198, 18, byte(1 + i/256), byte(i % 256)})
@@ -68,7 +76,8 @@ func SimMembers(ctx context.Context, n int, keyFile string, ready io.Writer) err
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		c, err := cluster.Start(cluster.Config{Self: simRecord(i), BindAddr: simAddr(i), Key: key, LogOutput: io.Discard})
+		c, err := cluster.Start(cluster.Config{Self: simRecord(i), BindAddr: simAddr(i), Key: key, LogOutput: io.Discard,
+			ProbeTimeout: simProbeTimeout})
 		if err != nil {
 			return fmt.Errorf("member %d: %w", i, err)
 		}
@@ -115,6 +124,7 @@ func simControlPlane(ctx context.Context, o Options, r *Report) error {
 	}
 	var pts []point
 	for _, n := range sizes {
+		waitQuiet(ctx, o)
 		p, err := simRun(ctx, o, r, n, settle, window)
 		if err != nil {
 			return fmt.Errorf("%d members: %w", n, err)

@@ -34,6 +34,12 @@ type Config struct {
 	Verbose   bool
 	// Transport, if set, replaces the UDP/TCP transport (tests use memberlist.MockNetwork).
 	Transport memberlist.Transport
+	// ProbeTimeout is how long to wait for a probe's direct ack; 0 is memberlist's 500 ms.
+	// Only the benchmark's simulated members, hundreds of which share one process and its
+	// scheduling delays, wait longer.
+	ProbeTimeout time.Duration
+	// tune, if set, adjusts memberlist's configuration last (tests).
+	tune func(*memberlist.Config)
 }
 
 // Cluster is this node's view of the cluster.
@@ -98,6 +104,15 @@ func Start(cfg Config) (*Cluster, error) {
 		}
 		mc.SecretKey = cfg.Key
 	}
+	if cfg.ProbeTimeout > 0 {
+		if cfg.ProbeTimeout >= probeInterval {
+			return nil, fmt.Errorf("probe timeout %s: must be shorter than the probe interval %s", cfg.ProbeTimeout, probeInterval)
+		}
+		mc.ProbeTimeout = cfg.ProbeTimeout
+	}
+	if cfg.tune != nil {
+		cfg.tune(mc)
+	}
 	c.queue = &memberlist.TransmitLimitedQueue{RetransmitMult: mc.RetransmitMult}
 	ml, err := memberlist.Create(mc)
 	if err != nil {
@@ -141,27 +156,63 @@ const joinParallel = 16
 // a joining node's record on every peer within one round trip; and in parallel, because
 // memberlist waits up to its TCP timeout (10 s) for a peer that does not answer, which,
 // one peer after another, held up a join behind a partition for minutes.
+//
+// A node that comes back after its peers declared it dead (or saw it leave) starts with a
+// lower incarnation number than the one they hold for it, so they ignore the "alive" its
+// first exchanges carry. The first peer that answers tells it so, and memberlist refutes:
+// it raises the incarnation and queues a new "alive" for gossip, which takes several
+// gossip rounds to reach every peer (about a second at 100 nodes). So Join exchanges
+// state once more with every peer it had sent the old incarnation to, which puts the new
+// one on them at once. memberlist does not expose the incarnation; a refutation shows as
+// a rise of its health score, which also rises on a failed probe: then the second
+// exchange is merely redundant.
 func (c *Cluster) Join(peers []string) (int, error) {
-	var (
-		answered atomic.Int64
-		errs     = make([]error, len(peers))
-		sem      = make(chan struct{}, joinParallel)
-		wg       sync.WaitGroup
-	)
+	addrs := make([]string, len(peers))
 	for i, p := range peers {
 		if _, _, err := net.SplitHostPort(p); err != nil {
 			p = net.JoinHostPort(p, strconv.Itoa(DefaultPort))
 		}
+		addrs[i] = p
+	}
+	score := c.ml.GetHealthScore()
+	stale := make([]bool, len(addrs)) // exchanged before any refutation
+	answered, errs := c.joinEach(addrs, func(i int) { stale[i] = c.ml.GetHealthScore() <= score })
+	if c.ml.GetHealthScore() > score {
+		var again []string
+		for i, a := range addrs {
+			if stale[i] && answered[i] {
+				again = append(again, a)
+			}
+		}
+		c.joinEach(again, func(int) {})
+	}
+	n := 0
+	for _, ok := range answered {
+		if ok {
+			n++
+		}
+	}
+	return n, errors.Join(errs...)
+}
+
+// joinEach exchanges state with each of addrs, up to joinParallel at a time, calling
+// before(i) just before the exchange with addrs[i]. It reports which answered.
+func (c *Cluster) joinEach(addrs []string, before func(i int)) ([]bool, []error) {
+	answered := make([]bool, len(addrs))
+	errs := make([]error, len(addrs))
+	sem := make(chan struct{}, joinParallel)
+	var wg sync.WaitGroup
+	for i, a := range addrs {
 		wg.Go(func() {
 			sem <- struct{}{}
 			defer func() { <-sem }()
-			n, err := c.ml.Join([]string{p})
-			answered.Add(int64(n))
-			errs[i] = err
+			before(i)
+			n, err := c.ml.Join([]string{a})
+			answered[i], errs[i] = n > 0, err
 		})
 	}
 	wg.Wait()
-	return int(answered.Load()), errors.Join(errs...)
+	return answered, errs
 }
 
 // Update publishes a new version of this node's record.

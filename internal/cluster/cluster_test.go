@@ -7,6 +7,8 @@ import (
 	"slices"
 	"testing"
 	"time"
+
+	"github.com/hashicorp/memberlist"
 )
 
 // Tests gossip over real UDP/TCP on loopback: each node binds its own 127.77.0.x address
@@ -217,4 +219,47 @@ func TestDeadWithin(t *testing.T) {
 			t.Errorf("DeadWithin(%d) = %s, want %s", tc.n, got, tc.want)
 		}
 	}
+}
+
+// A node that comes back after it left (or was declared dead) is alive again on every
+// peer it joined as soon as Join returns, without waiting for gossip. Only the leaving
+// node gossips here (to spread its leave); the peers and the returning node neither gossip
+// nor probe, so the returning node's Join is the only way its peers can learn the
+// incarnation that beats the one they hold.
+func TestRejoinAfterLeaveReachesEveryPeerDirectly(t *testing.T) {
+	quiet := func(mc *memberlist.Config) {
+		mc.GossipInterval, mc.ProbeInterval, mc.PushPullInterval = time.Hour, time.Hour, time.Hour
+	}
+	startWith := func(i int, tune func(*memberlist.Config)) (*Cluster, string) {
+		c, err := Start(Config{Self: record(i), BindAddr: loopback(i), Port: testPort, tune: tune})
+		if err != nil {
+			t.Fatalf("start node%d: %v", i, err)
+		}
+		t.Cleanup(func() { _ = c.Shutdown() })
+		return c, fmt.Sprintf("%s:%d", loopback(i), testPort)
+	}
+	a, addrA := startWith(1, quiet)
+	b, addrB := startWith(2, quiet)
+	c, _ := startWith(3, nil)
+	for _, x := range []*Cluster{b, c} {
+		if _, err := x.Join([]string{addrA, addrB}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	eventually(t, 5*time.Second, "all live", func() bool { return len(a.Live()) == 2 && len(b.Live()) == 2 })
+	if err := c.ml.Leave(5 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	c.Shutdown()
+	eventually(t, 5*time.Second, "node3 gone from node1 and node2", func() bool {
+		return slices.Equal(liveNames(a), []string{"node2"}) && slices.Equal(liveNames(b), []string{"node1"})
+	})
+
+	c2, _ := startWith(3, quiet)
+	if n, err := c2.Join([]string{addrA, addrB}); err != nil || n != 2 {
+		t.Fatalf("rejoin: %d answered, %v", n, err)
+	}
+	eventually(t, 5*time.Second, "node3 live again on node1 and node2", func() bool {
+		return slices.Contains(liveNames(a), "node3") && slices.Contains(liveNames(b), "node3")
+	})
 }

@@ -1,6 +1,7 @@
 package lab
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -14,6 +15,7 @@ import (
 	"regexp"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -95,6 +97,31 @@ type Pod struct {
 	// Address is the pod's address with its prefix length, from the CNI result; invalid
 	// until CNI ADD succeeded.
 	Address netip.Prefix `json:"address"`
+	// HostPorts are forwarded from the node's addresses to the pod (Kubernetes' hostPort).
+	HostPorts []HostPort `json:"hostPorts,omitempty"`
+}
+
+// HostPort forwards port Host of the pod's node to port Pod of the pod.
+type HostPort struct {
+	Protocol string `json:"protocol"` // tcp, udp or sctp
+	Host     int    `json:"host"`
+	Pod      int    `json:"pod"`
+}
+
+// ParseHostPort reads "8080:80" or "5353:53/udp" (host port, pod port, protocol; tcp when
+// left out).
+func ParseHostPort(s string) (HostPort, error) {
+	ports, proto, _ := strings.Cut(s, "/")
+	h := HostPort{Protocol: strings.ToLower(cmp.Or(proto, "tcp"))}
+	host, pod, ok := strings.Cut(ports, ":")
+	var err1, err2 error
+	h.Host, err1 = strconv.Atoi(host)
+	h.Pod, err2 = strconv.Atoi(pod)
+	if !ok || err1 != nil || err2 != nil || h.Host < 1 || h.Host > 65535 || h.Pod < 1 || h.Pod > 65535 ||
+		(h.Protocol != "tcp" && h.Protocol != "udp" && h.Protocol != "sctp") {
+		return HostPort{}, fmt.Errorf("host port %q: write HOST:POD with ports 1 to 65535 and an optional /tcp, /udp or /sctp, e.g. 8080:80", s)
+	}
+	return h, nil
 }
 
 // state is lab.json.

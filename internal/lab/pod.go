@@ -72,10 +72,19 @@ func (l *Lab) writeConflist(n Node) error {
 }
 
 func (l *Lab) runtimeConf(p Pod) *libcni.RuntimeConf {
+	var capArgs map[string]any
+	if len(p.HostPorts) > 0 {
+		var pm []map[string]any
+		for _, h := range p.HostPorts {
+			pm = append(pm, map[string]any{"hostPort": h.Host, "containerPort": h.Pod, "protocol": h.Protocol})
+		}
+		capArgs = map[string]any{"portMappings": pm}
+	}
 	return &libcni.RuntimeConf{
-		ContainerID: p.ContainerID,
-		NetNS:       nsPath(p.Namespace),
-		IfName:      podIfName,
+		CapabilityArgs: capArgs,
+		ContainerID:    p.ContainerID,
+		NetNS:          nsPath(p.Namespace),
+		IfName:         podIfName,
 		Args: [][2]string{
 			{"K8S_POD_NAMESPACE", "default"},
 			{"K8S_POD_NAME", p.Name},
@@ -94,19 +103,20 @@ func inNode(n Node, f func() error) error {
 	return h.Do(func(ns.NetNS) error { return f() })
 }
 
-// AddPod creates pod name on node: a namespace wired by weft-cni through libcni. It
-// returns the pod with its address.
-func (l *Lab) AddPod(ctx context.Context, node, name string) (Pod, error) {
+// AddPod creates pod name on node: a namespace wired by weft-cni through libcni, with the
+// given host ports passed as a runtime passes a pod's hostPorts. It returns the pod with
+// its address.
+func (l *Lab) AddPod(ctx context.Context, node, name string, ports ...HostPort) (Pod, error) {
 	var p Pod
 	err := l.mutate(func() (err error) {
 		l.ensureNeighCapacity(l.podsPerNode(node))
-		p, err = l.addPod(ctx, node, name)
+		p, err = l.addPod(ctx, node, name, ports...)
 		return err
 	})
 	return p, err
 }
 
-func (l *Lab) addPod(ctx context.Context, node, name string) (Pod, error) {
+func (l *Lab) addPod(ctx context.Context, node, name string, ports ...HostPort) (Pod, error) {
 	if err := validPodName(name); err != nil {
 		return Pod{}, err
 	}
@@ -127,6 +137,7 @@ func (l *Lab) addPod(ctx context.Context, node, name string) (Pod, error) {
 		Name:        name,
 		Namespace:   n.Namespace + "-" + name,
 		ContainerID: lab + "-" + node + "-" + name,
+		HostPorts:   ports,
 	}
 	// Record the pod before making anything, so Down finds a half-made pod.
 	l.st.Pods = append(l.st.Pods, p)
