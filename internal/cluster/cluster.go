@@ -127,27 +127,29 @@ func Start(cfg Config) (*Cluster, error) {
 const (
 	probeInterval  = time.Second
 	suspicionMult  = 4
-	deadMarginSecs = 4 // see DeadWithin
+	deadMarginSecs = 5 // see DeadWithin
 )
 
 // DeadWithin is the documented bound on how long after a node stops answering its peers
 // have removed its routes, in a cluster of n nodes:
 //
-//	probe interval x (4 + 4 x max(1, log10(n)))
+//	probe interval x (5 + 4 x max(1, log10(n)))
 //
-// that is 8 s up to 10 nodes, 10.8 s at 50, 12 s at 100 and 16 s at 1,000. memberlist
+// that is 9 s up to 10 nodes, 11.8 s at 50, 13 s at 100 and 17 s at 1,000. memberlist
 // declares a suspect dead after a suspicion timeout of 4 x max(1, log10(n)) probe
 // intervals, but only once two other nodes have confirmed the suspicion; before that the
-// timeout is longer. The 4 intervals on top cover the time until some node probes the dead
-// one, the failed direct and indirect probe, and the two confirmations, which in a
-// cluster of ten or more arrive within about two intervals because every node probes a
-// member every interval. BENCHMARKS.md (item 3) measures it.
+// timeout is longer. The 5 intervals on top cover the time until some node probes the dead
+// one, the failed direct and indirect probe, the two confirmations, which in a cluster of
+// ten or more arrive within about two intervals because every node probes a member every
+// interval, and the news of the death reaching every node by gossip. BENCHMARKS.md
+// (item 3) measures it: with a margin of 4 intervals, 100 lab nodes sharing two CPUs took
+// up to 12.4 s.
 func DeadWithin(n int) time.Duration {
 	return time.Duration((deadMarginSecs + suspicionMult*max(1, math.Log10(float64(max(n, 1))))) * float64(probeInterval))
 }
 
 // joinParallel bounds how many peers Join exchanges state with at once.
-const joinParallel = 16
+const joinParallel = 64
 
 // Join contacts peers ("ip" or "ip:port") and exchanges full state with each one that
 // answers, up to joinParallel at a time. It returns how many answered.
@@ -161,58 +163,38 @@ const joinParallel = 16
 // lower incarnation number than the one they hold for it, so they ignore the "alive" its
 // first exchanges carry. The first peer that answers tells it so, and memberlist refutes:
 // it raises the incarnation and queues a new "alive" for gossip, which takes several
-// gossip rounds to reach every peer (about a second at 100 nodes). So Join exchanges
-// state once more with every peer it had sent the old incarnation to, which puts the new
-// one on them at once. memberlist does not expose the incarnation; a refutation shows as
-// a rise of its health score, which also rises on a failed probe: then the second
-// exchange is merely redundant.
+// gossip rounds to reach every peer (about a second at 100 nodes). So each exchange that
+// went out before the refutation is followed, as soon as the refutation shows, by a second
+// one with the same peer, which puts the new incarnation on it at once. memberlist does
+// not expose the incarnation; a refutation shows as a rise of its health score, which also
+// rises on a failed probe: then the second exchange is merely redundant.
 func (c *Cluster) Join(peers []string) (int, error) {
-	addrs := make([]string, len(peers))
+	score := c.ml.GetHealthScore()
+	refuted := func() bool { return c.ml.GetHealthScore() > score }
+	var (
+		answered atomic.Int64
+		errs     = make([]error, len(peers))
+		sem      = make(chan struct{}, joinParallel)
+		wg       sync.WaitGroup
+	)
 	for i, p := range peers {
 		if _, _, err := net.SplitHostPort(p); err != nil {
 			p = net.JoinHostPort(p, strconv.Itoa(DefaultPort))
 		}
-		addrs[i] = p
-	}
-	score := c.ml.GetHealthScore()
-	stale := make([]bool, len(addrs)) // exchanged before any refutation
-	answered, errs := c.joinEach(addrs, func(i int) { stale[i] = c.ml.GetHealthScore() <= score })
-	if c.ml.GetHealthScore() > score {
-		var again []string
-		for i, a := range addrs {
-			if stale[i] && answered[i] {
-				again = append(again, a)
-			}
-		}
-		c.joinEach(again, func(int) {})
-	}
-	n := 0
-	for _, ok := range answered {
-		if ok {
-			n++
-		}
-	}
-	return n, errors.Join(errs...)
-}
-
-// joinEach exchanges state with each of addrs, up to joinParallel at a time, calling
-// before(i) just before the exchange with addrs[i]. It reports which answered.
-func (c *Cluster) joinEach(addrs []string, before func(i int)) ([]bool, []error) {
-	answered := make([]bool, len(addrs))
-	errs := make([]error, len(addrs))
-	sem := make(chan struct{}, joinParallel)
-	var wg sync.WaitGroup
-	for i, a := range addrs {
 		wg.Go(func() {
 			sem <- struct{}{}
 			defer func() { <-sem }()
-			before(i)
-			n, err := c.ml.Join([]string{a})
-			answered[i], errs[i] = n > 0, err
+			stale := !refuted()
+			n, err := c.ml.Join([]string{p})
+			answered.Add(int64(n))
+			errs[i] = err
+			if n > 0 && stale && refuted() {
+				_, _ = c.ml.Join([]string{p}) // it got the old incarnation: give it the new one
+			}
 		})
 	}
 	wg.Wait()
-	return answered, errs
+	return int(answered.Load()), errors.Join(errs...)
 }
 
 // Update publishes a new version of this node's record.

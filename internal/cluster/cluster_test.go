@@ -214,7 +214,7 @@ func TestDeadWithin(t *testing.T) {
 	for _, tc := range []struct {
 		n    int
 		want time.Duration
-	}{{1, 8 * time.Second}, {3, 8 * time.Second}, {10, 8 * time.Second}, {100, 12 * time.Second}, {1000, 16 * time.Second}} {
+	}{{1, 9 * time.Second}, {3, 9 * time.Second}, {10, 9 * time.Second}, {100, 13 * time.Second}, {1000, 17 * time.Second}} {
 		if got := DeadWithin(tc.n).Round(time.Millisecond); got != tc.want {
 			t.Errorf("DeadWithin(%d) = %s, want %s", tc.n, got, tc.want)
 		}

@@ -11,8 +11,8 @@
 // sequence wins a merge. A record counts only while memberlist reports its node alive:
 // when a node is declared dead or leaves, its record stops being live and every agent drops
 // the node's routes. With the LAN settings used here (probe every second, suspicion
-// multiplier 4) that happens within DeadWithin(N) = 4 + 4 x max(1, log10(N)) seconds for N
-// nodes: 8 s up to 10 nodes, 10.8 s at 50, 12 s at 100, 16 s at 1,000 (BENCHMARKS.md item 3
+// multiplier 4) that happens within DeadWithin(N) = 5 + 4 x max(1, log10(N)) seconds for N
+// nodes: 9 s up to 10 nodes, 11.8 s at 50, 13 s at 100, 17 s at 1,000 (BENCHMARKS.md item 3
 // measures it).
 //
 // With a cluster key, every gossip packet is encrypted and authenticated (AES-GCM); a peer
