@@ -121,16 +121,16 @@ func (s *Observed) apply(op Op) error {
 			return fmt.Errorf("fake: %w", err)
 		}
 		raw := func(hook string) *RawChain {
-			return &RawChain{Type: rawChainType, Hook: hook, Priority: rawChainPriority, Policy: rawChainPolicy,
+			return &RawChain{ChainHeader: ChainHeader{Type: rawChainType, Hook: hook, Priority: rawChainPriority, Policy: rawChainPolicy},
 				Rules: []int{op.VXLANPort}}
 		}
 		hostPorts := func(hook string) *HostPortChain {
-			return &HostPortChain{Type: hostPortsChainType, Hook: hook, Priority: hostPortsChainPriority,
-				Policy: hostPortsChainPolicy, Rules: slices.Clone(op.HostPorts)}
+			return &HostPortChain{ChainHeader: ChainHeader{Type: hostPortsChainType, Hook: hook, Priority: hostPortsChainPriority,
+				Policy: hostPortsChainPolicy}, Rules: slices.Clone(op.HostPorts)}
 		}
 		s.NAT = NAT{Table: true, Chain: &NATChain{
-			Type: natChainType, Hook: natChainHook, Priority: natChainPriority, Policy: natChainPolicy,
-			Rules: op.postrouting(),
+			ChainHeader: ChainHeader{Type: natChainType, Hook: natChainHook, Priority: natChainPriority, Policy: natChainPolicy},
+			Rules:       op.postrouting(),
 		}, Prerouting: raw(rawPreroutingName), Output: raw(rawOutputName),
 			HostPortsPrerouting: hostPorts("prerouting"), HostPortsOutput: hostPorts("output")}
 	default:

@@ -338,23 +338,22 @@ func findTable(c *nftables.Conn) (*nftables.Table, map[string]*nftables.Chain, e
 	return table, byName, nil
 }
 
-// chainHeader describes a chain's type, hook, priority and policy the way NATChain and
-// RawChain hold them.
-func chainHeader(ch *nftables.Chain) (typ, hook string, priority int, policy string) {
-	typ, policy = string(ch.Type), "accept"
+// chainHeader reads a chain's type, hook, priority and policy.
+func chainHeader(ch *nftables.Chain) ChainHeader {
+	h := ChainHeader{Type: string(ch.Type), Policy: "accept"}
 	if ch.Hooknum != nil {
-		hook = hookNames[*ch.Hooknum]
-		if hook == "" {
-			hook = strconv.Itoa(int(*ch.Hooknum))
+		h.Hook = hookNames[*ch.Hooknum]
+		if h.Hook == "" {
+			h.Hook = strconv.Itoa(int(*ch.Hooknum))
 		}
 	}
 	if ch.Priority != nil {
-		priority = int(*ch.Priority)
+		h.Priority = int(*ch.Priority)
 	}
 	if ch.Policy != nil && *ch.Policy == nftables.ChainPolicyDrop {
-		policy = "drop"
+		h.Policy = "drop"
 	}
-	return typ, hook, priority, policy
+	return h
 }
 
 func observeNAT() (NAT, error) {
@@ -368,17 +367,12 @@ func observeNAT() (NAT, error) {
 	}
 	// header reads chain name's header and rules, each rule parsed by rule; ok is false when
 	// the chain is absent.
-	type header struct {
-		typ, hook string
-		priority  int
-		policy    string
-	}
-	read := func(name string, rule func(*nftables.Rule)) (h header, ok bool, err error) {
+	read := func(name string, rule func(*nftables.Rule)) (h ChainHeader, ok bool, err error) {
 		ch := chains[name]
 		if ch == nil {
 			return h, false, nil
 		}
-		h.typ, h.hook, h.priority, h.policy = chainHeader(ch)
+		h = chainHeader(ch)
 		rs, err := c.GetRules(table, ch)
 		if err != nil {
 			return h, false, fmt.Errorf("listing rules of chain ip %s %s: %w", NFTTable, ch.Name, err)
@@ -396,7 +390,7 @@ func observeNAT() (NAT, error) {
 		return NAT{}, err
 	}
 	if ok {
-		nc.Type, nc.Hook, nc.Priority, nc.Policy = h.typ, h.hook, h.priority, h.policy
+		nc.ChainHeader = h
 		n.Chain = nc
 	}
 	for _, raw := range []struct {
@@ -409,7 +403,7 @@ func observeNAT() (NAT, error) {
 			return NAT{}, err
 		}
 		if ok {
-			rc.Type, rc.Hook, rc.Priority, rc.Policy = h.typ, h.hook, h.priority, h.policy
+			rc.ChainHeader = h
 			*raw.into = rc
 		}
 	}
@@ -423,7 +417,7 @@ func observeNAT() (NAT, error) {
 			return NAT{}, err
 		}
 		if ok {
-			hc.Type, hc.Hook, hc.Priority, hc.Policy = h.typ, h.hook, h.priority, h.policy
+			hc.ChainHeader = h
 			*hp.into = hc
 		}
 	}

@@ -98,12 +98,17 @@ type NAT struct {
 	HostPortsOutput     *HostPortChain
 }
 
-// NATChain describes weft's postrouting chain.
-type NATChain struct {
-	Type     string // "nat"
-	Hook     string // "postrouting", or the hook number when it is another one
-	Priority int    // 100 (srcnat)
+// ChainHeader is a chain's type, hook, priority and policy as read from the kernel.
+type ChainHeader struct {
+	Type     string // "nat" or "filter"
+	Hook     string // "prerouting", "output", "postrouting", or the hook number for another one
+	Priority int    // -300 (raw), -100 (dstnat), 100 (srcnat)
 	Policy   string // "accept" or "drop"
+}
+
+// NATChain describes weft's postrouting chain (nat, srcnat).
+type NATChain struct {
+	ChainHeader
 	// Rules has one entry per rule in the chain, in chain order.
 	Rules []NATRule
 }
@@ -124,10 +129,7 @@ type NATRule struct {
 // RawChain describes one of weft's raw chains, prerouting and output, which exempt the
 // overlay's outer (VXLAN) packets from connection tracking.
 type RawChain struct {
-	Type     string // "filter"
-	Hook     string // "prerouting" or "output", or the hook number when it is another one
-	Priority int    // -300 (raw)
-	Policy   string // "accept" or "drop"
+	ChainHeader // filter, prerouting or output, raw
 	// Rules has one entry per rule in the chain: the UDP port of a rule that is exactly
 	// weft's notrack rule, 0 for any other rule.
 	Rules []int
@@ -136,10 +138,7 @@ type RawChain struct {
 // HostPortChain describes one of weft's hostPort chains, hostports-prerouting and
 // hostports-output.
 type HostPortChain struct {
-	Type     string // "nat"
-	Hook     string // "prerouting" or "output", or the hook number when it is another one
-	Priority int    // -100 (dstnat)
-	Policy   string // "accept" or "drop"
+	ChainHeader // nat, prerouting or output, dstnat
 	// Rules has one entry per rule in the chain: the mapping of a rule that is exactly
 	// weft's DNAT rule for it, the zero HostPort for any other rule.
 	Rules []HostPort
