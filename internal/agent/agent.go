@@ -174,7 +174,7 @@ func (a *Agent) reconcileLoop(ctx context.Context) {
 	read := true // the first reconcile reads the kernel
 	for {
 		var confirm <-chan time.Time
-		if a.reconcile(read) > 0 && read {
+		if n, _ := a.reconcile(read); n > 0 && read {
 			// The kernel had drifted: look again soon, to confirm the repair.
 			confirm = time.After(min(confirmAfter, a.cfg.Resync))
 		}
@@ -211,7 +211,7 @@ func (a *Agent) desired() dataplane.Desired {
 		for _, h := range hostPorts(l) {
 			// Add refused bad mappings; one that slipped through (a lease file from another
 			// release) must not stop the node's reconciles.
-			if d.CheckHostPort(h) == nil {
+			if dataplane.CheckHostPort(h, d.VXLAN.Port) == nil {
 				d.HostPorts = append(d.HostPorts, h)
 			}
 		}
@@ -231,10 +231,10 @@ func (a *Agent) desired() dataplane.Desired {
 }
 
 // reconcile makes the kernel match the desired state and returns how many changes that
-// took. With read false it plans from the state the last reconcile read, as changed since
+// took, and its error (also kept for the status). With read false it plans from the state the last reconcile read, as changed since
 // (dataplane.Reconciler.Update): that is how it reacts to the cluster, while the periodic
 // reconcile reads the kernel and repairs whatever anyone else changed.
-func (a *Agent) reconcile(read bool) int {
+func (a *Agent) reconcile(read bool) (int, error) {
 	a.recMu.Lock()
 	defer a.recMu.Unlock()
 	d := a.desired()
@@ -252,7 +252,7 @@ func (a *Agent) reconcile(read bool) int {
 	a.lastErr = err
 	if err != nil {
 		a.log.Error("reconciling the dataplane (will retry)", "err", err)
-		return len(res.Ops)
+		return len(res.Ops), err
 	}
 	for _, e := range res.Ignored {
 		a.log.Warn("ignoring part of a peer's record", "err", e)
@@ -268,7 +268,7 @@ func (a *Agent) reconcile(read bool) int {
 		a.log.Info("dataplane ready", "ops", len(res.Ops))
 		a.becameReady()
 	}
-	return len(res.Ops)
+	return len(res.Ops), nil
 }
 
 // joinLoop joins every discovered peer that is not a live member, at start and then every
@@ -380,28 +380,25 @@ func (a *Agent) Add(ctx context.Context, req api.AddRequest) (api.Lease, error) 
 	if err != nil {
 		return api.Lease{}, err
 	}
-	if len(l.Ports) > 0 {
-		d := a.desired()
-		for _, h := range hostPorts(l) {
-			if err = d.CheckHostPort(h); err != nil {
-				break
-			}
+	for _, h := range hostPorts(l) {
+		if err = dataplane.CheckHostPort(h, dataplane.VXLANPort); err != nil {
+			break
 		}
-		if err != nil {
-			if !existed {
-				_, _ = a.ipam.Release(ctx, key(req.Attachment))
-			} else {
-				_, _ = a.ipam.Allocate(ctx, key(req.Attachment), before.Ports...)
-			}
-			return api.Lease{}, fmt.Errorf("%w: %v", api.ErrBadPortMapping, err)
+	}
+	if err != nil {
+		if !existed {
+			_, _ = a.ipam.Release(ctx, key(req.Attachment))
+		} else {
+			_, _ = a.ipam.Allocate(ctx, key(req.Attachment), before.Ports...)
 		}
+		return api.Lease{}, fmt.Errorf("%w: %v", api.ErrBadPortMapping, err)
 	}
 	if len(before.Ports) > 0 || len(l.Ports) > 0 {
 		// The pod's hostPorts work when ADD returns, as they do with the portmap plugin.
-		if err := a.reconcileNow(); err != nil {
+		if _, err := a.reconcile(false); err != nil {
 			if !existed {
 				_, _ = a.ipam.Release(ctx, key(req.Attachment))
-				_ = a.reconcileNow()
+				a.reconcile(false)
 			}
 			return api.Lease{}, fmt.Errorf("forwarding the pod's hostPorts: %w", err)
 		}
@@ -419,15 +416,6 @@ func hostPorts(l ipam.Lease) []dataplane.HostPort {
 		})
 	}
 	return out
-}
-
-// reconcileNow applies the desired state at once (planned from the model, see reconcile)
-// and returns the reconcile's error.
-func (a *Agent) reconcileNow() error {
-	a.reconcile(false)
-	a.recMu.Lock()
-	defer a.recMu.Unlock()
-	return a.lastErr
 }
 
 // Del implements api.Backend.

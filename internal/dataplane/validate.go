@@ -71,7 +71,7 @@ func (d Desired) validateNode() error {
 		bad("cluster CIDR %v: must be an IPv4 network like 10.32.0.0/12", c)
 	}
 	for _, h := range d.HostPorts {
-		if err := d.CheckHostPort(h); err != nil {
+		if err := CheckHostPort(h, d.VXLAN.Port); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -87,16 +87,17 @@ func (d Desired) validateNode() error {
 	return errors.Join(errs...)
 }
 
-// CheckHostPort reports what is wrong with a host port mapping on this node, so that the
-// agent can refuse it when a pod asks, rather than fail every later reconcile.
-func (d Desired) CheckHostPort(h HostPort) error {
+// CheckHostPort reports what is wrong with a host port mapping on a node whose VXLAN
+// device uses vxlanPort, so that the agent can refuse it when a pod asks, rather than fail
+// every later reconcile.
+func CheckHostPort(h HostPort, vxlanPort int) error {
 	if h.HostIP.IsUnspecified() {
 		h.HostIP = netip.Addr{} // 0.0.0.0: every address, as Plan reads it
 	}
 	if err := checkHostPort(h); err != nil {
 		return err
 	}
-	if h.Protocol == "udp" && int(h.HostPort) == d.VXLAN.Port {
+	if h.Protocol == "udp" && int(h.HostPort) == vxlanPort {
 		return invalid("host port %s: UDP port %d is weft's VXLAN port, whose packets are never tracked and so cannot be translated: give the pod another hostPort",
 			hostPortText(h, " -> "), h.HostPort)
 	}

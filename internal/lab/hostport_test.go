@@ -9,26 +9,14 @@ import (
 	"syscall"
 	"testing"
 	"time"
-
-	"github.com/containernetworking/plugins/pkg/ns"
 )
-
-// inNamespace runs f on a thread in the named network namespace.
-func inNamespace(name string, f func() error) error {
-	h, err := ns.GetNS(nsPath(name))
-	if err != nil {
-		return err
-	}
-	defer h.Close()
-	return h.Do(func(ns.NetNS) error { return f() })
-}
 
 // serveName answers every TCP connection to port of the pod's namespace with the pod's
 // name, until the test ends.
 func serveName(t *testing.T, p Pod, port int) {
 	t.Helper()
 	var ln net.Listener
-	err := inNamespace(p.Namespace, func() (err error) {
+	err := inNamespace(p.Namespace, p.Name, func() (err error) {
 		ln, err = net.Listen("tcp", fmt.Sprintf(":%d", port))
 		return err
 	})
@@ -51,7 +39,7 @@ func serveName(t *testing.T, p Pod, port int) {
 // dialFrom connects from the named namespace to target and returns what it answered.
 func dialFrom(namespace string, target netip.AddrPort) (string, error) {
 	var c net.Conn
-	err := inNamespace(namespace, func() (err error) {
+	err := inNamespace(namespace, namespace, func() (err error) {
 		c, err = net.DialTimeout("tcp", target.String(), 2*time.Second)
 		return err
 	})

@@ -94,10 +94,14 @@ func (l *Lab) runtimeConf(p Pod) *libcni.RuntimeConf {
 
 // inNode runs f in the node's namespace: libcni executes plugins in its caller's
 // namespace, and weft-cni puts the host end of the pod veth there.
-func inNode(n Node, f func() error) error {
-	h, err := ns.GetNS(nsPath(n.Namespace))
+func inNode(n Node, f func() error) error { return inNamespace(n.Namespace, n.Name, f) }
+
+// inNamespace runs f on a thread in the network namespace called name; what names it in
+// the error when it cannot be opened.
+func inNamespace(name, what string, f func() error) error {
+	h, err := ns.GetNS(nsPath(name))
 	if err != nil {
-		return fmt.Errorf("opening namespace of %s: %w", n.Name, err)
+		return fmt.Errorf("opening namespace of %s: %w", what, err)
 	}
 	defer h.Close()
 	return h.Do(func(ns.NetNS) error { return f() })
