@@ -266,7 +266,9 @@ func converge(ctx context.Context, o Options, r *Report, l *lab.Lab, cycles int)
 		cpu0 := agentsCPU(l.Nodes())
 		t1 := time.Now()
 		startErr := make(chan error, 1)
-		go func() { startErr <- l.StartAgent(ctx, victim.Name) }()
+		// LaunchAgent, not StartAgent: waiting for the lab to settle polls every agent's
+		// status, which would load the agents whose convergence this times.
+		go func() { startErr <- l.LaunchAgent(ctx, victim.Name) }()
 		d, err = reachableFromAll(ctx, others, targets[0], 60*time.Second, t1)
 		// How busy the machine's CPUs were with the lab's agents while the node joined:
 		// near the machine's CPU count, the figure measures the machine, not weft.
@@ -282,6 +284,10 @@ func converge(ctx context.Context, o Options, r *Report, l *lab.Lab, cycles int)
 		joined = append(joined, d.Seconds())
 		progress(o, "convergence %d nodes, cycle %d: routes gone everywhere %.2fs after kill; reachable from all %.2fs after start (agents used %.2f CPUs meanwhile)",
 			len(nodes), c+1, gone[len(gone)-1], joined[len(joined)-1], busy)
+		// The next cycle starts from a cluster where every agent agrees again.
+		if err := l.WaitSettled(ctx); err != nil {
+			return fmt.Errorf("%d nodes, cycle %d: after %s rejoined: %w", len(nodes), c+1, victim.Name, err)
+		}
 	}
 	it := "3 convergence"
 	js := summarize(joined)

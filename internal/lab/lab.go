@@ -411,7 +411,7 @@ func (l *Lab) build(ctx context.Context) error {
 			return err
 		}
 	}
-	if err := l.waitSettled(ctx); err != nil {
+	if err := l.WaitSettled(ctx); err != nil {
 		l.logf("warning: %v; %s shows each agent's view", err, l.cli("status"))
 	}
 	return nil

@@ -87,15 +87,15 @@ func (l *Lab) Status(ctx context.Context) ([]NodeStatus, error) {
 	return out, nil
 }
 
-// settleTimeout bounds waitSettled.
+// settleTimeout bounds WaitSettled.
 const settleTimeout = 30 * time.Second
 
-// waitSettled waits until the cluster has converged: every agent sees every other node
+// WaitSettled waits until the cluster has converged: every agent sees every other node
 // alive with the blocks that node reports owning, and every node's kernel has weft's
 // route for each of those blocks on the VXLAN device. Agents being Ready only means each
 // node's own dataplane is up; this is what makes a Check right after Up meaningful. It
 // returns what is still missing if the bound passes.
-func (l *Lab) waitSettled(ctx context.Context) error {
+func (l *Lab) WaitSettled(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, settleTimeout)
 	defer cancel()
 	start := time.Now()
