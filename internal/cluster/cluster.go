@@ -6,7 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log"
 	"math"
+	"math/rand/v2"
 	"net"
 	"net/netip"
 	"slices"
@@ -90,11 +92,23 @@ func Start(cfg Config) (*Cluster, error) {
 	mc.ProbeInterval = probeInterval
 	mc.SuspicionMult = suspicionMult
 	mc.PushPullInterval = 15 * time.Second
+	// No LZW: at 100 nodes compressing each full-state exchange was most of what a
+	// joining node's CPU did, and the exchanges are small (about 20 KB at 100 nodes).
+	mc.EnableCompression = false
 	mc.Delegate = (*delegate)(c)
 	mc.Events = (*events)(c)
 	mc.LogOutput = &logFilter{w: cmp.Or[io.Writer](cfg.LogOutput, io.Discard), verbose: cfg.Verbose}
 	if cfg.Transport != nil {
 		mc.Transport = cfg.Transport
+	} else {
+		if !cfg.BindAddr.IsValid() {
+			return nil, errors.New("gossip needs this node's address to listen on (--underlay-ip)")
+		}
+		t, err := newTransport(netip.AddrPortFrom(cfg.BindAddr, uint16(port)), log.New(mc.LogOutput, "", log.LstdFlags))
+		if err != nil {
+			return nil, fmt.Errorf("%w (is another agent running, or the address not on this node?)", err)
+		}
+		mc.Transport = t
 	}
 	if cfg.Key != nil {
 		switch len(cfg.Key) {
@@ -116,6 +130,9 @@ func Start(cfg Config) (*Cluster, error) {
 	c.queue = &memberlist.TransmitLimitedQueue{RetransmitMult: mc.RetransmitMult}
 	ml, err := memberlist.Create(mc)
 	if err != nil {
+		if cfg.Transport == nil {
+			_ = mc.Transport.Shutdown()
+		}
 		return nil, fmt.Errorf("starting gossip on %s:%d: %w (is another agent running, or the address not on this node?)", mc.BindAddr, port, err)
 	}
 	c.ml = ml
@@ -148,8 +165,13 @@ func DeadWithin(n int) time.Duration {
 	return time.Duration((deadMarginSecs + suspicionMult*max(1, math.Log10(float64(max(n, 1))))) * float64(probeInterval))
 }
 
-// joinParallel bounds how many peers Join exchanges state with at once.
-const joinParallel = 64
+// joinParallel bounds how many peers Join exchanges state with at once; joinFirst is
+// how many it contacts before the rest (see Join).
+const (
+	joinParallel  = 64
+	joinFirst     = 3
+	joinFirstWait = time.Second
+)
 
 // Join contacts peers ("ip" or "ip:port") and exchanges full state with each one that
 // answers, up to joinParallel at a time. It returns how many answered.
@@ -160,38 +182,67 @@ const joinParallel = 64
 // one peer after another, held up a join behind a partition for minutes.
 //
 // A node that comes back after its peers declared it dead (or saw it leave) starts with a
-// lower incarnation number than the one they hold for it, so they ignore the "alive" its
-// first exchanges carry. The first peer that answers tells it so, and memberlist refutes:
-// it raises the incarnation and queues a new "alive" for gossip, which takes several
-// gossip rounds to reach every peer (about a second at 100 nodes). So each exchange that
-// went out before the refutation is followed, as soon as the refutation shows, by a second
-// one with the same peer, which puts the new incarnation on it at once. memberlist does
-// not expose the incarnation; a refutation shows as a rise of its health score, which also
-// rises on a failed probe: then the second exchange is merely redundant.
+// lower incarnation number than the one they hold for it, so they ignore the "alive" an
+// exchange carries until the node has learnt that number from a peer and refuted it
+// (memberlist raises its incarnation while merging that peer's state). So Join first
+// contacts joinFirst peers, in random order so that restarts do not all land on the same
+// ones, and only once one of them has answered (or all have failed) the rest, which then
+// get the current incarnation at the first exchange (Join waits at most joinFirstWait for
+// the first ones, so that unreachable peers do not hold up the rest). The first few may have got the old
+// one: each of those is given the new one by a second exchange as soon as the refutation
+// shows. memberlist does not expose the incarnation; a refutation shows as a rise of its
+// health score, which also rises on a failed probe: then the second exchange is merely
+// redundant.
 func (c *Cluster) Join(peers []string) (int, error) {
 	score := c.ml.GetHealthScore()
 	refuted := func() bool { return c.ml.GetHealthScore() > score }
-	var (
-		answered atomic.Int64
-		errs     = make([]error, len(peers))
-		sem      = make(chan struct{}, joinParallel)
-		wg       sync.WaitGroup
-	)
+	addrs := make([]string, len(peers))
 	for i, p := range peers {
 		if _, _, err := net.SplitHostPort(p); err != nil {
 			p = net.JoinHostPort(p, strconv.Itoa(DefaultPort))
 		}
+		addrs[i] = p
+	}
+	rand.Shuffle(len(addrs), func(i, j int) { addrs[i], addrs[j] = addrs[j], addrs[i] })
+	var (
+		answered atomic.Int64
+		errs     = make([]error, len(addrs))
+		sem      = make(chan struct{}, joinParallel)
+		wg       sync.WaitGroup
+		heard    = make(chan struct{}, len(addrs)) // one per first peer: answered or failed
+	)
+	join := func(i int) {
+		sem <- struct{}{}
+		defer func() { <-sem }()
+		stale := !refuted()
+		n, err := c.ml.Join([]string{addrs[i]})
+		answered.Add(int64(n))
+		errs[i] = err
+		if n > 0 && stale && refuted() {
+			_, _ = c.ml.Join([]string{addrs[i]}) // it got the old incarnation: give it the new one
+		}
+	}
+	first := min(joinFirst, len(addrs))
+	for i := range first {
 		wg.Go(func() {
-			sem <- struct{}{}
-			defer func() { <-sem }()
-			stale := !refuted()
-			n, err := c.ml.Join([]string{p})
-			answered.Add(int64(n))
-			errs[i] = err
-			if n > 0 && stale && refuted() {
-				_, _ = c.ml.Join([]string{p}) // it got the old incarnation: give it the new one
-			}
+			join(i)
+			heard <- struct{}{}
 		})
+	}
+	wait := time.After(joinFirstWait)
+waiting:
+	for range first {
+		select {
+		case <-heard:
+			if answered.Load() > 0 {
+				break waiting
+			}
+		case <-wait: // unreachable first peers must not hold up the rest for the TCP timeout
+			break waiting
+		}
+	}
+	for i := first; i < len(addrs); i++ {
+		wg.Go(func() { join(i) })
 	}
 	wg.Wait()
 	return int(answered.Load()), errors.Join(errs...)
