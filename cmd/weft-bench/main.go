@@ -26,14 +26,18 @@ func main() {
 
 func run() error {
 	// The harness re-runs this binary inside a namespace to simulate gossip members.
-	if len(os.Args) >= 4 && os.Args[1] == bench.SimFlag && os.Args[3] == "-sim-key" && len(os.Args) == 5 {
+	if len(os.Args) == 7 && os.Args[1] == bench.SimFlag && os.Args[3] == "-sim-key" && os.Args[5] == "-sim-time-scale" {
 		n, err := strconv.Atoi(os.Args[2])
+		if err != nil {
+			return err
+		}
+		scale, err := strconv.ParseFloat(os.Args[6], 64)
 		if err != nil {
 			return err
 		}
 		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 		defer stop()
-		return bench.SimMembers(ctx, n, os.Args[4], os.Stdout)
+		return bench.SimMembers(ctx, n, os.Args[4], scale, os.Stdout)
 	}
 	var (
 		quick            = flag.Bool("quick", false, "fewer rounds and smaller labs (a few minutes)")
@@ -43,7 +47,7 @@ func run() error {
 		goBench          = flag.String("gobench", "", "output of `go test -bench` to include as item 6")
 		out              = flag.String("o", "bench-results.json", "where to write the JSON results")
 		shared           = flag.String("shared", "", "note that the machine was shared while measuring, and how")
-		simSizes         = flag.String("sim-sizes", "", "member counts of the simulated control-plane benchmark, e.g. 100,1000 (default 100,300, projected to 1000); with -items 4, only the simulation runs")
+		simSizes         = flag.String("sim-sizes", "", "member counts of the simulated control-plane benchmark, e.g. 100,300 (default 100,1000; below 1000 the largest two are projected to 1000); with -items 4, only the simulation runs")
 		labSizes         = flag.String("lab-sizes", "", "node counts of the labs of items 3-5, e.g. 100 (default 10,50,100; 10 with -quick)")
 		cleanupLeftovers = flag.Bool("cleanup", false, "only remove namespaces left by a killed run, then exit")
 	)

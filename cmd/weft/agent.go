@@ -24,6 +24,7 @@ func agentCmd() *cobra.Command {
 		peers                                                                    []string
 		gossipPort, blockBits, mtu                                               int
 		probePort                                                                int
+		gossipTimeScale                                                          float64
 		resync, grace                                                            time.Duration
 		verbose                                                                  bool
 		logLevel                                                                 string
@@ -46,6 +47,7 @@ func agentCmd() *cobra.Command {
 				NodeName: nodeName, GossipPort: gossipPort, Discovery: agent.StaticPeers(peers),
 				Socket: socket, HTTPAddr: httpAddr, ProbePort: probePort, StatePath: filepath.Join(stateDir, "ipam.json"),
 				BlockBits: blockBits, MTU: mtu, Resync: resync, SyncGrace: grace, Logger: log, Verbose: verbose,
+				GossipTimeScale: gossipTimeScale,
 			}
 			var err error
 			if err := kube.configure(cmd.Context(), &cfg, underlay != "", keyFile != ""); err != nil {
@@ -96,6 +98,8 @@ func agentCmd() *cobra.Command {
 	f.StringVar(&cidr, "cluster-cidr", "10.32.0.0/12", "the pod address range of the whole cluster")
 	f.IntVar(&blockBits, "block-size", 26, "prefix length of the address blocks nodes claim")
 	f.IntVar(&mtu, "mtu", 0, "pod and overlay MTU (default: underlay MTU minus 50 bytes of VXLAN overhead)")
+	f.Float64Var(&gossipTimeScale, "gossip-time-scale", 1, "benchmarks only: stretch every gossip timer by this factor")
+	_ = f.MarkHidden("gossip-time-scale")
 	f.DurationVar(&resync, "resync", 5*time.Second, "how often the kernel state is reconciled even without changes")
 	f.DurationVar(&grace, "sync-grace", 30*time.Second, "how long to wait for a peer before removing kernel entries of unknown nodes")
 	f.BoolVar(&verbose, "verbose", false, "debug logging (same as --log-level debug)")

@@ -81,7 +81,7 @@ func Run(ctx context.Context, cfg Config) error {
 
 	a.cluster, err = cluster.Start(cluster.Config{
 		Self: a.selfRecord(), BindAddr: cfg.UnderlayIP, Port: cfg.GossipPort, Key: cfg.GossipKey,
-		OnChange: a.requestReconcile, LogOutput: os.Stderr, Verbose: cfg.Verbose,
+		OnChange: a.requestReconcile, LogOutput: os.Stderr, Verbose: cfg.Verbose, TimeScale: cfg.GossipTimeScale,
 	})
 	if err != nil {
 		return err
@@ -290,11 +290,11 @@ func (a *Agent) joinLoop(ctx context.Context) {
 	}
 }
 
-// joinMissing joins every discovered peer that is not a live member, all at once
-// (cluster.Join exchanges state with several in parallel). Exchanging state with each of
-// them directly, rather than with one and letting gossip carry the news, puts this node's
-// record on every peer within one round trip: a restarted node is reachable from all in
-// about the time its agent takes to start, instead of after log(N) gossip rounds.
+// joinMissing joins the discovered peers that are not live members, all at once up to
+// 100 (cluster.Join exchanges state with several in parallel). Exchanging state with each
+// of them directly, rather than with one and letting gossip carry the news, puts this
+// node's record on every peer within one round trip: a restarted node is reachable from
+// all in about the time its agent takes to start, instead of after log(N) gossip rounds.
 func (a *Agent) joinMissing(ctx context.Context) {
 	peers, err := a.cfg.Discovery.Peers(ctx)
 	if err != nil {

@@ -14,20 +14,22 @@ import (
 
 // Config is everything the agent needs.
 type Config struct {
-	NodeName    string
-	UnderlayIP  netip.Addr // the node's address on the underlay network
-	GossipPort  int
-	GossipKey   []byte // nil: no gossip encryption
-	Discovery   Discovery
-	Socket      string
-	HTTPAddr    string // health probes (and metrics); "" disables
-	ProbePort   int    // UDP port of the peer health probes and their responder (weft: 6785); 0 disables
-	StatePath   string // IPAM lease file
-	Claims      ipam.ClaimStore
-	ClusterCIDR netip.Prefix
-	BlockBits   int
-	MTU         int // 0: underlay MTU minus the VXLAN overhead
-	Resync      time.Duration
+	NodeName   string
+	UnderlayIP netip.Addr // the node's address on the underlay network
+	GossipPort int
+	GossipKey  []byte // nil: no gossip encryption
+	// GossipTimeScale stretches every gossip timer (cluster.Config.TimeScale); benchmarks only.
+	GossipTimeScale float64
+	Discovery       Discovery
+	Socket          string
+	HTTPAddr        string // health probes (and metrics); "" disables
+	ProbePort       int    // UDP port of the peer health probes and their responder (weft: 6785); 0 disables
+	StatePath       string // IPAM lease file
+	Claims          ipam.ClaimStore
+	ClusterCIDR     netip.Prefix
+	BlockBits       int
+	MTU             int // 0: underlay MTU minus the VXLAN overhead
+	Resync          time.Duration
 	// SyncGrace is how long the agent waits for a first successful join before it allows
 	// itself to delete kernel entries of nodes it has not heard of.
 	SyncGrace time.Duration

@@ -301,7 +301,7 @@ func converge(ctx context.Context, o Options, r *Report, l *lab.Lab, cycles int)
 		Value: summarize(busyAll), Note: fmt.Sprintf("of %d on this machine: near it, the join waits for CPU, not for the network", runtime.NumCPU())})
 	gs := summarize(gone)
 	r.add(goalMax(Figure{Item: it, Name: fmt.Sprintf("%d nodes: agent killed -> its routes gone everywhere, p99", len(nodes)), Unit: "s",
-		Value: Sample{N: gs.N, Median: gs.P99, Min: gs.Min, Max: gs.Max}, Note: fmt.Sprintf("p50 %.2fs; documented: within %.1fs = 5 + 4 x max(1, log10 N) (cluster.DeadWithin)", gs.Median, cluster.DeadWithin(len(nodes)).Seconds())},
+		Value: Sample{N: gs.N, Median: gs.P99, Min: gs.Min, Max: gs.Max}, Note: fmt.Sprintf("p50 %.2fs; documented: within %.1fs = 7 + 4 x max(1, log10 N) (cluster.DeadWithin)", gs.Median, cluster.DeadWithin(len(nodes)).Seconds())},
 		cluster.DeadWithin(len(nodes)).Seconds()))
 	return nil
 }

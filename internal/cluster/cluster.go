@@ -40,6 +40,12 @@ type Config struct {
 	// Only the benchmark's simulated members, hundreds of which share one process and its
 	// scheduling delays, wait longer.
 	ProbeTimeout time.Duration
+	// TimeScale, if above 1, stretches every timer of the gossip protocol (probe interval
+	// and timeout, gossip and push/pull intervals) by that factor, so that the protocol
+	// sends the same messages per round, only fewer rounds a second. Benchmarks only: the
+	// 1,000-member simulation runs in one process on a small machine this way, and
+	// reports traffic and CPU multiplied back by the factor.
+	TimeScale float64
 	// tune, if set, adjusts memberlist's configuration last (tests).
 	tune func(*memberlist.Config)
 }
@@ -93,7 +99,8 @@ func Start(cfg Config) (*Cluster, error) {
 	mc.SuspicionMult = suspicionMult
 	mc.PushPullInterval = 15 * time.Second
 	// No LZW: at 100 nodes compressing each full-state exchange was most of what a
-	// joining node's CPU did, and the exchanges are small (about 20 KB at 100 nodes).
+	// joining node's CPU did. weft's records in a state are compressed on their own
+	// (encodeState), at a fraction of the cost.
 	mc.EnableCompression = false
 	mc.Delegate = (*delegate)(c)
 	mc.Events = (*events)(c)
@@ -124,6 +131,12 @@ func Start(cfg Config) (*Cluster, error) {
 		}
 		mc.ProbeTimeout = cfg.ProbeTimeout
 	}
+	if s := cfg.TimeScale; s > 1 {
+		for _, d := range []*time.Duration{&mc.ProbeInterval, &mc.ProbeTimeout, &mc.GossipInterval,
+			&mc.PushPullInterval, &mc.GossipToTheDeadTime} {
+			*d = time.Duration(float64(*d) * s)
+		}
+	}
 	if cfg.tune != nil {
 		cfg.tune(mc)
 	}
@@ -144,42 +157,53 @@ func Start(cfg Config) (*Cluster, error) {
 const (
 	probeInterval  = time.Second
 	suspicionMult  = 4
-	deadMarginSecs = 5 // see DeadWithin
+	deadMarginSecs = 7 // see DeadWithin
 )
 
 // DeadWithin is the documented bound on how long after a node stops answering its peers
 // have removed its routes, in a cluster of n nodes:
 //
-//	probe interval x (5 + 4 x max(1, log10(n)))
+//	probe interval x (7 + 4 x max(1, log10(n)))
 //
-// that is 9 s up to 10 nodes, 11.8 s at 50, 13 s at 100 and 17 s at 1,000. memberlist
-// declares a suspect dead after a suspicion timeout of 4 x max(1, log10(n)) probe
-// intervals, but only once two other nodes have confirmed the suspicion; before that the
-// timeout is longer. The 5 intervals on top cover the time until some node probes the dead
-// one, the failed direct and indirect probe, the two confirmations, which in a cluster of
-// ten or more arrive within about two intervals because every node probes a member every
-// interval, and the news of the death reaching every node by gossip. BENCHMARKS.md
-// (item 3) measures it: with a margin of 4 intervals, 100 lab nodes sharing two CPUs took
-// up to 12.4 s.
+// that is 11 s up to 10 nodes, 13.8 s at 50, 15 s at 100 and 19 s at 1,000, for 99 % of
+// deaths. memberlist declares a suspect dead after a suspicion timeout of
+// 4 x max(1, log10(n)) probe intervals, once two other nodes have confirmed the
+// suspicion (before that the timeout is longer). The 7 intervals on top:
+//   - the wait until some node probes the dead one: every node probes one member per
+//     interval, in its own random order, so probes of a given node arrive about once an
+//     interval, at random; the wait is exponential, and its 99th percentile is
+//     ln(100) = 4.6 intervals;
+//   - the failed direct and indirect probe: 1 interval;
+//   - the death's gossip reaching every node, and their reconciles: 1 interval.
+//
+// The two confirmations usually arrive within the suspicion timeout. BENCHMARKS.md
+// (item 3) measures it; with a margin of 5 intervals (13 s), 100 lab nodes sharing two
+// CPUs took up to 15.8 s, in line with that tail.
 func DeadWithin(n int) time.Duration {
 	return time.Duration((deadMarginSecs + suspicionMult*max(1, math.Log10(float64(max(n, 1))))) * float64(probeInterval))
 }
 
-// joinParallel bounds how many peers Join exchanges state with at once; joinFirst is
-// how many it contacts before the rest (see Join).
+// joinParallel bounds how many peers Join exchanges state with at once, joinMax how many
+// in all; joinFirst is how many it contacts before the rest (see Join).
 const (
+	joinMax       = 100
 	joinParallel  = 64
 	joinFirst     = 3
 	joinFirstWait = time.Second
 )
 
-// Join contacts peers ("ip" or "ip:port") and exchanges full state with each one that
-// answers, up to joinParallel at a time. It returns how many answered.
+// Join contacts peers ("ip" or "ip:port"), at most joinMax of them picked at random, and
+// exchanges full state with each one that answers, up to joinParallel at a time. It
+// returns how many answered.
 //
 // Contacting every peer directly, rather than one and letting gossip spread the news, puts
 // a joining node's record on every peer within one round trip; and in parallel, because
 // memberlist waits up to its TCP timeout (10 s) for a peer that does not answer, which,
-// one peer after another, held up a join behind a partition for minutes.
+// one peer after another, held up a join behind a partition for minutes. Beyond joinMax
+// peers, the ones contacted spread the news by gossip: at 1,000 nodes a full-state
+// exchange is about 230 KB each way, and one with every node would move half a gigabyte
+// per restart. The peers not contacted this time that are still not live members at the
+// agent's next join round (5 s) are contacted then.
 //
 // A node that comes back after its peers declared it dead (or saw it leave) starts with a
 // lower incarnation number than the one they hold for it, so they ignore the "alive" an
@@ -204,6 +228,7 @@ func (c *Cluster) Join(peers []string) (int, error) {
 		addrs[i] = p
 	}
 	rand.Shuffle(len(addrs), func(i, j int) { addrs[i], addrs[j] = addrs[j], addrs[i] })
+	addrs = addrs[:min(len(addrs), joinMax)]
 	var (
 		answered atomic.Int64
 		errs     = make([]error, len(addrs))
@@ -444,7 +469,7 @@ func (d *delegate) LocalState(bool) []byte {
 		all = append(all, r)
 	}
 	c.mu.Unlock()
-	b := encode(msgState, all)
+	b := encodeState(all)
 	c.stats.BytesOut.Add(uint64(len(b)))
 	return b
 }

@@ -1,6 +1,8 @@
 package cluster
 
 import (
+	"bytes"
+	"compress/flate"
 	"fmt"
 	"net"
 	"net/netip"
@@ -176,6 +178,9 @@ func TestDecodeRejectsBadInput(t *testing.T) {
 	}{
 		{"record", good, true},
 		{"state", encode(msgState, []Node{record(1), record(2)}), true},
+		{"compressed state", encodeState([]Node{record(1), record(2)}), true},
+		{"compressed garbage", []byte{msgStateDeflate, 1, 2, 3}, false},
+		{"state that inflates past the bound", bomb(), false},
 		{"empty", nil, false},
 		{"kind only", []byte{msgRecord}, false},
 		{"unknown kind", append([]byte{9}, good[1:]...), false},
@@ -197,6 +202,7 @@ func FuzzDecodeRecords(f *testing.F) {
 	f.Add(encode(msgRecord, record(1)))
 	f.Add(encode(msgState, []Node{record(1), record(2)}))
 	f.Add([]byte{msgState, '[', ']'})
+	f.Add(encodeState([]Node{record(1), record(2)}))
 	f.Fuzz(func(t *testing.T, msg []byte) {
 		nodes, err := decodeRecords(msg)
 		if err != nil {
@@ -214,7 +220,7 @@ func TestDeadWithin(t *testing.T) {
 	for _, tc := range []struct {
 		n    int
 		want time.Duration
-	}{{1, 9 * time.Second}, {3, 9 * time.Second}, {10, 9 * time.Second}, {100, 13 * time.Second}, {1000, 17 * time.Second}} {
+	}{{1, 11 * time.Second}, {3, 11 * time.Second}, {10, 11 * time.Second}, {100, 15 * time.Second}, {1000, 19 * time.Second}} {
 		if got := DeadWithin(tc.n).Round(time.Millisecond); got != tc.want {
 			t.Errorf("DeadWithin(%d) = %s, want %s", tc.n, got, tc.want)
 		}
@@ -262,4 +268,33 @@ func TestRejoinAfterLeaveReachesEveryPeerDirectly(t *testing.T) {
 	eventually(t, 5*time.Second, "node3 live again on node1 and node2", func() bool {
 		return slices.Contains(liveNames(a), "node3") && slices.Contains(liveNames(b), "node3")
 	})
+}
+
+// bomb is a compressed state of a few kilobytes that inflates to more than maxMsg.
+func bomb() []byte {
+	var buf bytes.Buffer
+	buf.WriteByte(msgStateDeflate)
+	w, _ := flate.NewWriter(&buf, flate.BestCompression)
+	_, _ = w.Write([]byte("["))
+	_, _ = w.Write(bytes.Repeat([]byte(" "), maxMsg+1))
+	_ = w.Close()
+	return buf.Bytes()
+}
+
+func TestStateRoundTripsCompressed(t *testing.T) {
+	var nodes []Node
+	for i := range 200 {
+		nodes = append(nodes, record(i))
+	}
+	msg := encodeState(nodes)
+	got, err := decodeRecords(msg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != len(nodes) || got[199].Name != nodes[199].Name || got[199].Blocks[0] != nodes[199].Blocks[0] {
+		t.Fatalf("decoded %d records, want %d equal ones", len(got), len(nodes))
+	}
+	if plain := len(encode(msgState, nodes)); len(msg)*3 > plain {
+		t.Errorf("compressed state is %d bytes, plain %d: expected at least 3-fold smaller", len(msg), plain)
+	}
 }

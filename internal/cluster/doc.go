@@ -11,9 +11,9 @@
 // sequence wins a merge. A record counts only while memberlist reports its node alive:
 // when a node is declared dead or leaves, its record stops being live and every agent drops
 // the node's routes. With the LAN settings used here (probe every second, suspicion
-// multiplier 4) that happens within DeadWithin(N) = 5 + 4 x max(1, log10(N)) seconds for N
-// nodes: 9 s up to 10 nodes, 11.8 s at 50, 13 s at 100, 17 s at 1,000 (BENCHMARKS.md item 3
-// measures it).
+// multiplier 4) that happens within DeadWithin(N) = 7 + 4 x max(1, log10(N)) seconds for N
+// nodes, for 99 % of deaths: 11 s up to 10 nodes, 13.8 s at 50, 15 s at 100, 19 s at 1,000
+// (BENCHMARKS.md item 3 measures it).
 //
 // With a cluster key, every gossip packet is encrypted and authenticated (AES-GCM); a peer
 // without the key can neither join nor inject a record.

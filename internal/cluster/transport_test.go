@@ -5,6 +5,7 @@ import (
 	"log"
 	"net"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 )
@@ -68,5 +69,21 @@ func TestTransportHandsOnPacketsInBuffersOfTheirSize(t *testing.T) {
 	}
 	if _, err := net.DialTimeout("tcp", addr.String(), time.Second); err == nil {
 		t.Error("the TCP listener still accepts after shutdown")
+	}
+}
+
+func TestJoinContactsAtMostJoinMaxPeers(t *testing.T) {
+	c, _ := start(t, 1, nil)
+	// Nobody listens on these: each contact fails at once with "connection refused".
+	var peers []string
+	for i := range joinMax + 50 {
+		peers = append(peers, netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 78, byte(i / 250), byte(1 + i%250)}), uint16(testPort)).String())
+	}
+	n, err := c.Join(peers)
+	if n != 0 || err == nil {
+		t.Fatalf("Join with nobody listening: %d answered, err %v", n, err)
+	}
+	if got := strings.Count(err.Error(), "connection refused"); got != joinMax {
+		t.Errorf("Join contacted %d of %d peers, want joinMax = %d", got, len(peers), joinMax)
 	}
 }
