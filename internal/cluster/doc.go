@@ -5,7 +5,9 @@
 // Membership and failure detection are hashicorp/memberlist (SWIM gossip). Records ride on
 // memberlist's delegate hooks: a changed record is broadcast (and re-broadcast by whoever
 // learns it, so it spreads epidemically), and the periodic push/pull state exchange carries
-// every record, so a node that missed a broadcast converges anyway. Each record carries a
+// every record (DEFLATE-compressed JSON; memberlist's own LZW is off), so a node that
+// missed a broadcast converges anyway. memberlist's packets travel on weft's transport
+// (transport.go), which does not allocate 64 KB per packet. Each record carries a
 // sequence number that its owner raises on every change, starting from the wall clock at
 // agent start, so a restarted agent's record always supersedes its previous one; the higher
 // sequence wins a merge. A record counts only while memberlist reports its node alive:
