@@ -231,9 +231,10 @@ func (a *Agent) desired() dataplane.Desired {
 }
 
 // reconcile makes the kernel match the desired state and returns how many changes that
-// took, and its error (also kept for the status). With read false it plans from the state the last reconcile read, as changed since
-// (dataplane.Reconciler.Update): that is how it reacts to the cluster, while the periodic
-// reconcile reads the kernel and repairs whatever anyone else changed.
+// took, and its error (also kept for the status). With read false it plans from the state
+// the last reconcile read, as changed since (dataplane.Reconciler.Update): that is how it
+// reacts to the cluster, while the periodic reconcile reads the kernel and repairs
+// whatever anyone else changed.
 func (a *Agent) reconcile(read bool) (int, error) {
 	a.recMu.Lock()
 	defer a.recMu.Unlock()

@@ -324,9 +324,11 @@ func simRun(ctx context.Context, o Options, r *Report, n int, settle, window tim
 		time.Sleep(500 * time.Millisecond)
 	}
 	progress(o, "control plane: the agent converged with %d members in %s; settling at least %s, measuring %s", n-1, time.Since(t).Round(time.Second), settle, window)
-	loBytes := func() (uint64, error) {
-		b, _, err := loCounters(nsName)
-		return b, err
+	// Every gossip byte crosses lo once (counted as sent there): per node, in + out is
+	// twice the total over the number of members. Stretched timers: the same bytes per
+	// protocol round, scale times fewer rounds a second than at full speed.
+	perNodeKBps := func(bytes uint64, secs float64) float64 {
+		return 2 * float64(bytes) / float64(n) / secs / 1024 * scale
 	}
 	// Settled once the gossip of the bootstrap has drained. Every join queued an "alive"
 	// and a record on every member, each to be sent 4 x log10(N) times: at 1,000 members
@@ -356,7 +358,7 @@ func simRun(ctx context.Context, o Options, r *Report, n int, settle, window tim
 		if err != nil {
 			return p, err
 		}
-		rate := 2 * float64(b1-b0) / float64(n) / period.Seconds() / 1024 * scale
+		rate := perNodeKBps(b1-b0, period.Seconds())
 		size := float64(b1-b0) / float64(max(k1-k0, 1))
 		peak = max(peak, rate)
 		progress(o, "control plane: %d members: gossip %.1f KB/s per node, %.0f bytes a packet over the last %s", n, rate, size, period)
@@ -368,7 +370,7 @@ func simRun(ctx context.Context, o Options, r *Report, n int, settle, window tim
 			break
 		}
 	}
-	b0, err := loBytes()
+	b0, _, err := loCounters(nsName)
 	if err != nil {
 		return p, err
 	}
@@ -378,19 +380,15 @@ func simRun(ctx context.Context, o Options, r *Report, n int, settle, window tim
 	case <-ctx.Done():
 		return p, ctx.Err()
 	}
-	b1, err := loBytes()
+	b1, _, err := loCounters(nsName)
 	if err != nil {
 		return p, err
 	}
 	secs := time.Since(t0).Seconds()
 	a1, s1 := procCPU(agent.Process.Pid), procCPU(sim.Process.Pid)
 	p.rss = float64(procRSS(agent.Process.Pid)) / (1 << 20)
-	// Stretched timers: the same work and bytes per protocol round, scale times fewer
-	// rounds a second than at full speed.
-	p.cpu = 100 * (a1 - a0) / secs * scale
-	// Every gossip byte crosses lo once (counted as sent there): per node, in + out is
-	// twice the total over the number of members.
-	p.kbps = 2 * float64(b1-b0) / float64(n) / secs / 1024 * scale
+	p.cpu = 100 * (a1 - a0) / secs * scale // stretched: as for the bytes
+	p.kbps = perNodeKBps(b1-b0, secs)
 	simCPU := 100 * (s1 - s0) / secs / float64(n-1) * scale
 	k, err := countKernel(nsName)
 	if err != nil {

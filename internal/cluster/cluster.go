@@ -210,11 +210,10 @@ const (
 // exchange carries until the node has learnt that number from a peer and refuted it
 // (memberlist raises its incarnation while merging that peer's state). So Join first
 // contacts joinFirst peers, in random order so that restarts do not all land on the same
-// ones, and only once one of them has answered (or all have failed) the rest, which then
-// get the current incarnation at the first exchange (Join waits at most joinFirstWait for
-// the first ones, so that unreachable peers do not hold up the rest). The first few may have got the old
-// one: each of those is given the new one by a second exchange as soon as the refutation
-// shows. memberlist does not expose the incarnation; a refutation shows as a rise of its
+// ones, and only once one of them has answered (or all have failed, or joinFirstWait has
+// passed: unreachable peers must not hold up the rest) the rest, which then get the
+// current incarnation at the first exchange. The first few may have got the old one: each
+// of those is given the new one by a second exchange as soon as the refutation shows. memberlist does not expose the incarnation; a refutation shows as a rise of its
 // health score, which also rises on a failed probe: then the second exchange is merely
 // redundant.
 func (c *Cluster) Join(peers []string) (int, error) {
@@ -234,7 +233,8 @@ func (c *Cluster) Join(peers []string) (int, error) {
 		errs     = make([]error, len(addrs))
 		sem      = make(chan struct{}, joinParallel)
 		wg       sync.WaitGroup
-		heard    = make(chan struct{}, len(addrs)) // one per first peer: answered or failed
+		first    = min(joinFirst, len(addrs))
+		heard    = make(chan struct{}, first) // one per first peer: answered or failed
 	)
 	join := func(i int) {
 		sem <- struct{}{}
@@ -247,7 +247,6 @@ func (c *Cluster) Join(peers []string) (int, error) {
 			_, _ = c.ml.Join([]string{addrs[i]}) // it got the old incarnation: give it the new one
 		}
 	}
-	first := min(joinFirst, len(addrs))
 	for i := range first {
 		wg.Go(func() {
 			join(i)
