@@ -92,6 +92,15 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
+	// Both listeners are open before anything is served: once the local API answers,
+	// the health endpoints do too.
+	var hl net.Listener
+	if cfg.HTTPAddr != "" {
+		if hl, err = listenHTTP(cfg.HTTPAddr); err != nil {
+			l.Close()
+			return err
+		}
+	}
 	a.log.Info("weft agent started", "node", cfg.NodeName, "underlay", cfg.UnderlayIP, "interface", name,
 		"mtu", a.mtu, "home", a.ipam.Home(), "socket", cfg.Socket, "version", version.Version)
 
@@ -112,10 +121,10 @@ func Run(ctx context.Context, cfg Config) error {
 			fail(fmt.Errorf("local API: %w", err))
 		}
 	})
-	if cfg.HTTPAddr != "" {
+	if hl != nil {
 		wg.Go(func() {
-			if err := a.serveHTTP(ctx, cfg.HTTPAddr); err != nil {
-				fail(err)
+			if err := apiserver.Serve(ctx, hl, a.httpMux()); err != nil {
+				fail(fmt.Errorf("health and metrics: %w", err))
 			}
 		})
 	}

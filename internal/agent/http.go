@@ -1,13 +1,10 @@
 package agent
 
 import (
-	"context"
 	"fmt"
 	"net"
 	"net/http"
 	"time"
-
-	"github.com/weftnet/weft/internal/api/apiserver"
 )
 
 // DefaultHTTPAddr is where the agent serves health probes (and, as they are added,
@@ -41,11 +38,11 @@ func (a *Agent) httpMux() *http.ServeMux {
 	return mux
 }
 
-// serveHTTP serves the agent's HTTP endpoints on addr until ctx ends.
-func (a *Agent) serveHTTP(ctx context.Context, addr string) error {
+// listenHTTP opens the address of the agent's HTTP endpoints (httpMux).
+func listenHTTP(addr string) (net.Listener, error) {
 	l, err := net.Listen("tcp", addr)
 	if err != nil {
-		return fmt.Errorf("listening on %s for health and metrics: %w (choose another --http-addr, or \"\" to disable)", addr, err)
+		return nil, fmt.Errorf("listening on %s for health and metrics: %w (choose another --http-addr, or \"\" to disable)", addr, err)
 	}
-	return apiserver.Serve(ctx, l, a.httpMux())
+	return l, nil
 }
