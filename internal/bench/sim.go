@@ -337,10 +337,8 @@ func simRun(ctx context.Context, o Options, r *Report, n int, settle, window tim
 	// not the steady state. Drained: the traffic of a period is below half the highest
 	// seen, or its packets average under 700 bytes (steady gossip is probes and acks of
 	// about 100 bytes, and now and then a full-state exchange).
-	select {
-	case <-time.After(settle):
-	case <-ctx.Done():
-		return p, ctx.Err()
+	if err := sleep(ctx, settle); err != nil {
+		return p, err
 	}
 	period := window / 3
 	peak := 0.0
@@ -349,10 +347,8 @@ func simRun(ctx context.Context, o Options, r *Report, n int, settle, window tim
 		if err != nil {
 			return p, err
 		}
-		select {
-		case <-time.After(period):
-		case <-ctx.Done():
-			return p, ctx.Err()
+		if err := sleep(ctx, period); err != nil {
+			return p, err
 		}
 		b1, k1, err := loCounters(nsName)
 		if err != nil {
@@ -375,10 +371,8 @@ func simRun(ctx context.Context, o Options, r *Report, n int, settle, window tim
 		return p, err
 	}
 	a0, s0, t0 := procCPU(agent.Process.Pid), procCPU(sim.Process.Pid), time.Now()
-	select {
-	case <-time.After(window):
-	case <-ctx.Done():
-		return p, ctx.Err()
+	if err := sleep(ctx, window); err != nil {
+		return p, err
 	}
 	b1, _, err := loCounters(nsName)
 	if err != nil {
@@ -414,4 +408,14 @@ func simRun(ctx context.Context, o Options, r *Report, n int, settle, window tim
 	r.add(Figure{Item: "5 kernel state", Name: fmt.Sprintf("%d nodes (simulated peers): weft entries on the agent's node", n), Value: one(float64(k.weft())),
 		Note: fmt.Sprintf("%d routes, %d FDB, %d neigh = %.2f per remote node", k.weftRoutes, k.fdb, k.neigh, float64(k.weft())/float64(n-1))})
 	return p, nil
+}
+
+// sleep waits for d, or until ctx ends (its error).
+func sleep(ctx context.Context, d time.Duration) error {
+	select {
+	case <-time.After(d):
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
