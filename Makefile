@@ -6,11 +6,18 @@ LDFLAGS  := -s -w -X github.com/weftnet/weft/internal/version.Version=$(VERSION)
 GOBUILD  := CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)"
 LAB      ?= ./bin/weft lab
 
-.PHONY: build demo demo-down test unit bench bench-quick lint clean image
+.PHONY: build bpf demo demo-down test unit bench bench-quick lint clean image
 
 build:
 	$(GOBUILD) -o bin/weft ./cmd/weft
 	$(GOBUILD) -o bin/weft-cni ./cmd/weft-cni
+
+# The BPF fast path's object, committed so that building weft needs no clang; rebuild it
+# after changing the C source (apt-get install clang libbpf-dev).
+BPF_CFLAGS := -O2 -g -target bpf -Wall -I/usr/include/$(shell uname -m)-linux-gnu
+bpf: internal/fastpath/bpf/fastpath.c
+	clang $(BPF_CFLAGS) -c $< -o internal/fastpath/fastpath.o
+	llvm-strip -g internal/fastpath/fastpath.o
 
 # A 3-node lab with 2 pods per node, the full reachability matrix and a short status.
 # It stays up for you to explore (`./bin/weft lab --help`); `make demo-down` removes it.

@@ -68,6 +68,7 @@ func TestCluster(t *testing.T) {
 	step("SpreadDeployment", s.spreadDeployment)
 	t.Run("PodToPod", s.podToPod)
 	t.Run("HostPort", s.hostPort)
+	t.Run("ServiceClusterIP", s.serviceClusterIP)
 	step("StartStream", s.startStream)
 	t.Run("RollingRestartKeepsStream", s.rollingRestartKeepsStream)
 	t.Run("APIServerDownKeepsTraffic", s.apiServerDown)
@@ -238,6 +239,68 @@ func (s *suite) podToPod(t *testing.T) {
 			continue
 		}
 		t.Logf("from %s on %s: all %d pods answered", p.Metadata.Name, p.Spec.NodeName, len(addrs))
+	}
+	// The agents run the BPF fast path (the DaemonSet's default): its filter is on every
+	// node's VXLAN device.
+	for _, n := range s.c.Nodes {
+		out, err := runShort("nsenter", "--net="+netnsPath(n.NS), "--", "tc", "filter", "show", "dev", "weft-vxlan", "ingress")
+		if err != nil || !strings.Contains(out, "weft-fastpath") {
+			t.Errorf("node %s: no fast-path filter on weft-vxlan (%v):\n%s", n.Name, err, out)
+		}
+	}
+}
+
+// serviceIPAddr is the ClusterIP of the spread pods' Service (inside serviceCIDR).
+const serviceIPAddr = "10.96.100.100"
+
+// serviceClusterIP: every spread pod reaches the spread pods through a ClusterIP Service,
+// kube-proxy's DNAT. The replies of those connections must be un-DNATed by conntrack on the
+// client's node, so weft's fast path must leave them to netfilter: whether the backend is
+// on another node (the reply comes through the tunnel) or on the client's own bridge.
+func (s *suite) serviceClusterIP(t *testing.T) {
+	c := s.c
+	if err := c.Apply(clusterIPService("netcheck", serviceIPAddr, "app: netcheck")); err != nil {
+		t.Fatal(err)
+	}
+	target := serviceIPAddr + ":80"
+	names := map[string]bool{}
+	for _, p := range s.pods {
+		names[p.Metadata.Name] = true
+	}
+	// kube-proxy programs the Service within a few seconds.
+	first := s.pods[0].Metadata.Name
+	err := poll("the Service answers", time.Minute, time.Second, func() error {
+		_, err := c.Kubectl("exec", "-n", "default", first, "--", "/netcheck", "connect", "-attempts", "1", target)
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const tries = 15 // per client: with 3 backends chosen at random, all of them answer
+	answered := map[string]bool{}
+	for _, p := range s.pods {
+		args := []string{"exec", "-n", "default", p.Metadata.Name, "--", "/netcheck", "connect", "-attempts", "1"}
+		for range tries {
+			args = append(args, target)
+		}
+		out, err := c.Kubectl(args...)
+		var bad []string
+		for _, l := range trimLines(out) {
+			f := strings.Fields(l)
+			if len(f) >= 3 && f[0] == target && f[1] == "ok" && names[f[2]] {
+				answered[f[2]] = true
+			} else {
+				bad = append(bad, l)
+			}
+		}
+		if err != nil || len(bad) > 0 {
+			t.Errorf("from %s on %s through %s: %v\n%s", p.Metadata.Name, p.Spec.NodeName, target, err, out)
+			continue
+		}
+		t.Logf("from %s on %s: %d connections through the Service, all answered", p.Metadata.Name, p.Spec.NodeName, tries)
+	}
+	if len(answered) != len(names) {
+		t.Errorf("only %d of %d backends answered through the Service: %v", len(answered), len(names), answered)
 	}
 }
 

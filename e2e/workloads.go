@@ -47,6 +47,19 @@ spec:
 `, replicas, podCommon, TestImage)
 }
 
+// clusterIPService is a Service with the given ClusterIP: port 80 to the selected pods'
+// port 8080.
+func clusterIPService(name, ip, selector string) string {
+	return fmt.Sprintf(`apiVersion: v1
+kind: Service
+metadata: {name: %s, namespace: default}
+spec:
+  clusterIP: %s
+  selector: {%s}
+  ports: [{port: 80, targetPort: 8080, protocol: TCP}]
+`, name, ip, selector)
+}
+
 // barePod is a pod on node running netcheck with args; hostPort (if not 0) maps to 8080.
 func barePod(name, node string, hostPort int, args ...string) string {
 	ports := ""

@@ -26,7 +26,7 @@ func agentCmd() *cobra.Command {
 		probePort                                                                int
 		gossipTimeScale                                                          float64
 		resync, grace                                                            time.Duration
-		verbose                                                                  bool
+		verbose, fastPath                                                        bool
 		logLevel                                                                 string
 	)
 	var kube *kubeFlags // Kubernetes mode (kubernetes.go)
@@ -47,7 +47,7 @@ func agentCmd() *cobra.Command {
 				NodeName: nodeName, GossipPort: gossipPort, Discovery: agent.StaticPeers(peers),
 				Socket: socket, HTTPAddr: httpAddr, ProbePort: probePort, StatePath: filepath.Join(stateDir, "ipam.json"),
 				BlockBits: blockBits, MTU: mtu, Resync: resync, SyncGrace: grace, Logger: log, Verbose: verbose,
-				GossipTimeScale: gossipTimeScale,
+				GossipTimeScale: gossipTimeScale, FastPath: fastPath,
 			}
 			var err error
 			if err := kube.configure(cmd.Context(), &cfg, underlay != "", keyFile != ""); err != nil {
@@ -102,6 +102,7 @@ func agentCmd() *cobra.Command {
 	_ = f.MarkHidden("gossip-time-scale")
 	f.DurationVar(&resync, "resync", 5*time.Second, "how often the kernel state is reconciled even without changes")
 	f.DurationVar(&grace, "sync-grace", 30*time.Second, "how long to wait for a peer before removing kernel entries of unknown nodes")
+	f.BoolVar(&fastPath, "fast-path", true, "hand pod-to-pod packets straight to the other pod's veth or the VXLAN device with BPF, past the bridge, routing and netfilter (falls back to the normal path where the kernel cannot; Service and host-port traffic always takes the normal path)")
 	f.BoolVar(&verbose, "verbose", false, "debug logging (same as --log-level debug)")
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	kube = addKubernetesFlags(f)

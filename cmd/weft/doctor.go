@@ -108,6 +108,10 @@ func diagnose(ctx context.Context, socket string) doctorReport {
 		add(f)
 	}
 	add(checkKernelEntries(st))
+	if st.FastPath != "" {
+		// Not a problem either way: without the fast path pod traffic takes the normal path.
+		add(finding{Check: "fast path", OK: true, Detail: st.FastPath})
+	}
 	return r
 }
 

@@ -92,6 +92,9 @@ func printStatus(w io.Writer, st api.Status) {
 	fmt.Fprintf(w, "  cluster %s, tunnel %s, gateway %s, mtu %d\n", st.ClusterCIDR, st.Tunnel, st.Gateway, st.MTU)
 	fmt.Fprintf(w, "  addresses %d/%d in %d block(s); peers %d up, %d down\n", used, capacity, len(st.Blocks), alive, len(st.Peers)-alive)
 	fmt.Fprintf(w, "  reconciled %d times, %d drift corrections\n", st.Reconciles, st.Drift)
+	if st.FastPath != "" {
+		fmt.Fprintf(w, "  fast path: %s\n", st.FastPath)
+	}
 	if k := st.Kernel; k != nil {
 		fmt.Fprintf(w, "  kernel entries %d/%d present, %d stale\n", k.Present, k.Expected, len(k.Stale))
 	}

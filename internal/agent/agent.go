@@ -18,6 +18,7 @@ import (
 	"github.com/weftnet/weft/internal/api/apiserver"
 	"github.com/weftnet/weft/internal/cluster"
 	"github.com/weftnet/weft/internal/dataplane"
+	"github.com/weftnet/weft/internal/fastpath"
 	"github.com/weftnet/weft/internal/ipam"
 	"github.com/weftnet/weft/internal/version"
 )
@@ -33,6 +34,8 @@ type Agent struct {
 	ipam      *ipam.Allocator
 	cluster   *cluster.Cluster
 	recon     *dataplane.Reconciler
+	fast      *fastpath.Syncer // nil: no BPF fast path (fastpath.go)
+	fastState string           // the fast path's state for the status: on, off, unavailable
 
 	kick    chan struct{} // asks the loop for a reconcile; buffered, coalescing
 	started time.Time
@@ -77,6 +80,7 @@ func Run(ctx context.Context, cfg Config) error {
 		return fmt.Errorf("starting IPAM: %w", err)
 	}
 	a.recon = dataplane.NewReconciler(cfg.Kernel)
+	a.startFastPath()
 	a.initObserve()
 
 	a.cluster, err = cluster.Start(cluster.Config{
@@ -135,6 +139,9 @@ func Run(ctx context.Context, cfg Config) error {
 	go a.joinLoop(ctx)
 	a.startObserve(ctx, &wg, fail)
 	wg.Go(func() { a.watchDiscovery(ctx) })
+	if a.fast != nil {
+		wg.Go(func() { a.watchLinks(ctx) })
+	}
 	a.reconcileLoop(ctx)
 	cancel()
 	wg.Wait()
@@ -267,6 +274,7 @@ func (a *Agent) reconcile(read bool) (int, error) {
 	for _, e := range res.Ignored {
 		a.log.Warn("ignoring part of a peer's record", "err", e)
 	}
+	a.syncFastPath(d, read)
 	a.lastReconcile = time.Now()
 	if a.ready.Load() {
 		a.drift += uint64(len(res.Ops))
@@ -469,6 +477,7 @@ func (a *Agent) Status(context.Context) (api.Status, error) {
 	s := api.Status{
 		Node: a.cfg.NodeName, Version: version.Version, Ready: a.ready.Load(),
 		Underlay: a.cfg.UnderlayIP, ClusterCIDR: a.cfg.ClusterCIDR, Gateway: a.ipam.Gateway(), MTU: a.mtu,
+		FastPath: a.fastState,
 	}
 	a.recMu.Lock()
 	s.LastReconcile, s.Reconciles, s.Drift = a.lastReconcile, a.reconciles, a.drift
@@ -485,6 +494,9 @@ func (a *Agent) Status(context.Context) (api.Status, error) {
 	}
 	for _, m := range a.cluster.Members() {
 		s.Peers = append(s.Peers, api.Peer{Name: m.Name, Underlay: m.Underlay, State: m.State, Blocks: slices.Clone(m.Blocks), Version: m.Version, Tunnel: m.Tunnel})
+	}
+	if a.fast != nil {
+		s.FastPathPackets, _ = a.fast.Counts() // a failed read leaves them out
 	}
 	a.observeStatus(&s)
 	return s, nil

@@ -38,6 +38,10 @@ type Config struct {
 	// Kernel is where the dataplane is reconciled; nil means this network namespace's
 	// kernel (tests pass dataplane.FakeKernel).
 	Kernel dataplane.Kernel
+	// FastPath loads weft's BPF fast path for pod-to-pod traffic where the kernel can run
+	// it (package fastpath); off, an agent takes off any fast path an earlier one left.
+	// Only with the real kernel: tests with a fake Kernel leave it off.
+	FastPath bool
 
 	// Integration hooks (Kubernetes mode; see hooks.go). All optional.
 

@@ -10,6 +10,8 @@
 package api
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"net/netip"
 	"time"
@@ -114,6 +116,12 @@ type Status struct {
 	Health string `json:"health,omitempty"`
 	// Kernel is the last comparison of wanted and present kernel entries.
 	Kernel *KernelStatus `json:"kernel,omitempty"`
+	// FastPath says whether the BPF fast path carries pod-to-pod traffic: "on", or "off" or
+	// "unavailable" and why.
+	FastPath string `json:"fastPath,omitempty"`
+	// FastPathPackets counts the packets the fast path has seen, by what it did with them
+	// (fastpath.Verdicts).
+	FastPathPackets map[string]uint64 `json:"fastPathPackets,omitempty"`
 }
 
 // BlockUsage is one address block the node owns.
@@ -194,4 +202,14 @@ type KernelStatus struct {
 	Stale   []string `json:"stale,omitempty"`
 	Other   []string `json:"other,omitempty"`
 	Error   string   `json:"error,omitempty"`
+}
+
+// HostVethName is the name of the host end of the veth for one attachment: "veth" and 11
+// hex digits of sha256(containerID/ifName), 15 characters, the most a Linux interface name
+// holds. weft-cni names the veth it makes with it, and the agent finds a pod's veth by it.
+// Being derived from the attachment, weft-cni's DEL finds the veth without any state, even when
+// the pod's network namespace is already gone.
+func HostVethName(containerID, ifName string) string {
+	sum := sha256.Sum256([]byte(containerID + "/" + ifName))
+	return "veth" + hex.EncodeToString(sum[:])[:11]
 }

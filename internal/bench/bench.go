@@ -130,7 +130,12 @@ func progress(o Options, format string, args ...any) {
 
 // withLab runs f on a fresh lab of nodes x pods and removes the lab afterwards, also
 // when f fails or ctx is cancelled.
-func withLab(ctx context.Context, o Options, nodes, pods int, f func(*lab.Lab) error) (err error) {
+func withLab(ctx context.Context, o Options, nodes, pods int, f func(*lab.Lab) error) error {
+	return withLabArgs(ctx, o, nodes, pods, nil, f)
+}
+
+// withLabArgs is withLab with agentArgs appended to every agent's command line.
+func withLabArgs(ctx context.Context, o Options, nodes, pods int, agentArgs []string, f func(*lab.Lab) error) (err error) {
 	b := make([]byte, 3)
 	_, _ = rand.Read(b)
 	name := labPrefix + hex.EncodeToString(b)
@@ -141,7 +146,7 @@ func withLab(ctx context.Context, o Options, nodes, pods int, f func(*lab.Lab) e
 	defer os.Remove(dir)
 	t := time.Now()
 	l, err := lab.Up(ctx, lab.Options{Name: name, Dir: dir, Nodes: nodes, PodsPerNode: pods,
-		WeftBin: o.WeftBin, CNIBinDir: o.CNIBinDir})
+		WeftBin: o.WeftBin, CNIBinDir: o.CNIBinDir, AgentArgs: agentArgs})
 	if err != nil {
 		return fmt.Errorf("lab of %d nodes x %d pods: %w", nodes, pods, err)
 	}

@@ -2,6 +2,7 @@ package bench
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -14,6 +15,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/weftnet/weft/internal/api"
 	"github.com/weftnet/weft/internal/lab"
 )
 
@@ -23,6 +25,8 @@ type path struct {
 	src   string // namespace name or path
 	dstNS string
 	dst   netip.Addr
+	// tcp1Only: measure single-stream TCP only (the comparison paths that no goal names).
+	tcp1Only bool
 }
 
 // dpResult holds one round of one path.
@@ -34,130 +38,189 @@ type dpResult struct {
 // datapath is item 1: iperf3 and a request/response probe across weft's overlay, the
 // underlay, a hand-built flannel-style VXLAN path, same-node pods and a bare veth pair.
 func datapath(ctx context.Context, o Options, r *Report) error {
+	// A second lab runs its agents without the BPF fast path: the normal path through the
+	// bridge, routing and netfilter, measured in the same rounds.
 	return withLab(ctx, o, 2, 2, func(l *lab.Lab) error {
-		e := newEnv()
-		defer e.close()
-		nodes, pods := l.Nodes(), l.Pods()
-		var n1p1, n1p2, n2p1 lab.Pod
-		for _, p := range pods {
-			switch p.Node + "/" + p.Name {
-			case "node1/pod1":
-				n1p1 = p
-			case "node1/pod2":
-				n1p2 = p
-			case "node2/pod1":
-				n2p1 = p
+		return withLabArgs(ctx, o, 2, 2, []string{"--fast-path=false"}, func(normal *lab.Lab) error {
+			return measureDatapath(ctx, o, r, l, normal)
+		})
+	})
+}
+
+// labPods returns node1/pod1, node1/pod2 and node2/pod1 of a 2 x 2 lab.
+func labPods(l *lab.Lab) (n1p1, n1p2, n2p1 lab.Pod) {
+	for _, p := range l.Pods() {
+		switch p.Node + "/" + p.Name {
+		case "node1/pod1":
+			n1p1 = p
+		case "node1/pod2":
+			n1p2 = p
+		case "node2/pod1":
+			n2p1 = p
+		}
+	}
+	return n1p1, n1p2, n2p1
+}
+
+// fastPathShare returns the share of the packets that lab l's fast path saw on all its
+// nodes that it carried itself, and fails unless every node runs it.
+func fastPathShare(ctx context.Context, l *lab.Lab) (float64, error) {
+	var carried, seen uint64
+	for _, n := range l.Nodes() {
+		st, err := api.NewClient(n.Socket, 5*time.Second).Status(ctx)
+		if err != nil {
+			return 0, fmt.Errorf("status of %s: %w", n.Name, err)
+		}
+		if st.FastPath != "on" {
+			return 0, fmt.Errorf("%s: the fast path is %q, not on: the datapath figures would not be weft's", n.Name, st.FastPath)
+		}
+		for v, c := range st.FastPathPackets {
+			seen += c
+			if v == "to_pod" || v == "to_tunnel" {
+				carried += c
 			}
 		}
-		mtu, err := linkMTU(n1p1.Namespace, "eth0")
-		if err != nil {
+	}
+	if seen == 0 {
+		return 0, errors.New("the fast path saw no packet")
+	}
+	return float64(carried) / float64(seen), nil
+}
+
+func measureDatapath(ctx context.Context, o Options, r *Report, l, normal *lab.Lab) error {
+	e := newEnv()
+	defer e.close()
+	nodes := l.Nodes()
+	n1p1, n1p2, n2p1 := labPods(l)
+	m1p1, m1p2, m2p1 := labPods(normal)
+	mtu, err := linkMTU(n1p1.Namespace, "eth0")
+	if err != nil {
+		return err
+	}
+	ref, err := buildFlannelRef(e, "ref", mtu, false)
+	if err != nil {
+		return fmt.Errorf("building the reference VXLAN path: %w", err)
+	}
+	refCT, err := buildFlannelRef(e, "refct", mtu, true)
+	if err != nil {
+		return fmt.Errorf("building the reference VXLAN path with masquerading: %w", err)
+	}
+	veth, err := buildVethPair(e, mtu)
+	if err != nil {
+		return fmt.Errorf("building the reference veth pair: %w", err)
+	}
+	paths := []path{
+		{"overlay", n1p1.Namespace, n2p1.Namespace, n2p1.Address.Addr(), false},
+		{"vxlan-ref", ref.src, ref.dstNS, ref.dst, false},
+		{"vxlan-ref+ct", refCT.src, refCT.dstNS, refCT.dst, false},
+		{"underlay", nodes[0].Namespace, nodes[1].Namespace, nodes[1].Underlay, false},
+		{"same-node", n1p1.Namespace, n1p2.Namespace, n1p2.Address.Addr(), false},
+		{"veth", veth.src, veth.dstNS, veth.dst, false},
+		{"overlay-normal", m1p1.Namespace, m2p1.Namespace, m2p1.Address.Addr(), true},
+		{"same-node-normal", m1p1.Namespace, m1p2.Namespace, m1p2.Address.Addr(), true},
+	}
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	for _, p := range paths {
+		if err := e.start(p.dstNS, exec.Command("iperf3", "-s", "-p", strconv.Itoa(iperfPort))); err != nil {
 			return err
 		}
-		ref, err := buildFlannelRef(e, "ref", mtu, false)
-		if err != nil {
-			return fmt.Errorf("building the reference VXLAN path: %w", err)
+		if err := rrServer(sctx, p.dstNS); err != nil {
+			return err
 		}
-		refCT, err := buildFlannelRef(e, "refct", mtu, true)
-		if err != nil {
-			return fmt.Errorf("building the reference VXLAN path with masquerading: %w", err)
-		}
-		veth, err := buildVethPair(e, mtu)
-		if err != nil {
-			return fmt.Errorf("building the reference veth pair: %w", err)
-		}
-		paths := []path{
-			{"overlay", n1p1.Namespace, n2p1.Namespace, n2p1.Address.Addr()},
-			{"vxlan-ref", ref.src, ref.dstNS, ref.dst},
-			{"vxlan-ref+ct", refCT.src, refCT.dstNS, refCT.dst},
-			{"underlay", nodes[0].Namespace, nodes[1].Namespace, nodes[1].Underlay},
-			{"same-node", n1p1.Namespace, n1p2.Namespace, n1p2.Address.Addr()},
-			{"veth", veth.src, veth.dstNS, veth.dst},
-		}
-		sctx, cancel := context.WithCancel(ctx)
-		defer cancel()
-		for _, p := range paths {
-			if err := e.start(p.dstNS, exec.Command("iperf3", "-s", "-p", strconv.Itoa(iperfPort))); err != nil {
-				return err
-			}
-			if err := rrServer(sctx, p.dstNS); err != nil {
-				return err
-			}
-		}
-		time.Sleep(500 * time.Millisecond) // iperf3 servers listening
+	}
+	time.Sleep(500 * time.Millisecond) // iperf3 servers listening
 
-		rounds, secs, rrN, udpRate := 5, "4", 5000, "1G"
-		if o.Quick {
-			rounds, secs, rrN = 2, "2", 1000
-		}
-		res := map[string][]dpResult{}
-		for round := range rounds {
-			// Rotate the order, so no path always runs first or after the same one.
-			for k := range paths {
-				p := paths[(k+round)%len(paths)]
-				var d dpResult
-				tcp1, err := iperf(ctx, p.src, p.dst, "-t", secs, "-O", "1")
-				if err != nil {
-					return err
-				}
-				tcp4, err := iperf(ctx, p.src, p.dst, "-t", secs, "-O", "1", "-P", "4")
-				if err != nil {
-					return err
-				}
-				udp, err := iperf(ctx, p.src, p.dst, "-t", secs, "-u", "-b", udpRate, "-l", "1400")
-				if err != nil {
-					return err
-				}
-				lat, err := rr(ctx, p.src, p.dst, rrN)
-				if err != nil {
-					return err
-				}
-				s := summarize(durationsMS(lat))
-				d.tcp1 = tcp1.End.SumReceived.BitsPerSecond / 1e9
-				d.tcp4 = tcp4.End.SumReceived.BitsPerSecond / 1e9
-				d.udpRate = udp.End.Sum.BitsPerSecond / 1e9
-				d.udpLoss = udp.End.Sum.LostPercent
-				d.p50, d.p99 = s.Median, s.P99
+	rounds, secs, rrN, udpRate := 5, "4", 5000, "1G"
+	if o.Quick {
+		rounds, secs, rrN = 2, "2", 1000
+	}
+	res := map[string][]dpResult{}
+	for round := range rounds {
+		// Rotate the order, so no path always runs first or after the same one.
+		for k := range paths {
+			p := paths[(k+round)%len(paths)]
+			var d dpResult
+			tcp1, err := iperf(ctx, p.src, p.dst, "-t", secs, "-O", "1")
+			if err != nil {
+				return err
+			}
+			d.tcp1 = tcp1.End.SumReceived.BitsPerSecond / 1e9
+			if p.tcp1Only {
 				res[p.name] = append(res[p.name], d)
-				progress(o, "datapath round %d %-9s tcp1 %.2f tcp4 %.2f Gbit/s, udp %s: %.2f Gbit/s %.2f%% loss, rr p50 %.3f p99 %.3f ms",
-					round+1, p.name, d.tcp1, d.tcp4, udpRate, d.udpRate, d.udpLoss, d.p50, d.p99)
+				progress(o, "datapath round %d %-9s tcp1 %.2f Gbit/s", round+1, p.name, d.tcp1)
+				continue
 			}
-		}
-		get := func(name string, f func(dpResult) float64) []float64 {
-			var out []float64
-			for _, d := range res[name] {
-				out = append(out, f(d))
+			tcp4, err := iperf(ctx, p.src, p.dst, "-t", secs, "-O", "1", "-P", "4")
+			if err != nil {
+				return err
 			}
-			return out
+			udp, err := iperf(ctx, p.src, p.dst, "-t", secs, "-u", "-b", udpRate, "-l", "1400")
+			if err != nil {
+				return err
+			}
+			lat, err := rr(ctx, p.src, p.dst, rrN)
+			if err != nil {
+				return err
+			}
+			s := summarize(durationsMS(lat))
+			d.tcp4 = tcp4.End.SumReceived.BitsPerSecond / 1e9
+			d.udpRate = udp.End.Sum.BitsPerSecond / 1e9
+			d.udpLoss = udp.End.Sum.LostPercent
+			d.p50, d.p99 = s.Median, s.P99
+			res[p.name] = append(res[p.name], d)
+			progress(o, "datapath round %d %-9s tcp1 %.2f tcp4 %.2f Gbit/s, udp %s: %.2f Gbit/s %.2f%% loss, rr p50 %.3f p99 %.3f ms",
+				round+1, p.name, d.tcp1, d.tcp4, udpRate, d.udpRate, d.udpLoss, d.p50, d.p99)
 		}
-		for _, p := range paths {
-			it := "1 datapath"
-			r.add(Figure{Item: it, Name: p.name + " TCP 1 stream", Unit: "Gbit/s", Value: summarize(get(p.name, func(d dpResult) float64 { return d.tcp1 }))})
-			r.add(Figure{Item: it, Name: p.name + " TCP 4 streams", Unit: "Gbit/s", Value: summarize(get(p.name, func(d dpResult) float64 { return d.tcp4 }))})
-			r.add(Figure{Item: it, Name: p.name + " UDP at " + udpRate + "bit/s: received", Unit: "Gbit/s", Value: summarize(get(p.name, func(d dpResult) float64 { return d.udpRate }))})
-			r.add(Figure{Item: it, Name: p.name + " UDP at " + udpRate + "bit/s: loss", Unit: "%", Value: summarize(get(p.name, func(d dpResult) float64 { return d.udpLoss }))})
-			r.add(Figure{Item: it, Name: p.name + " TCP RR p50", Unit: "ms", Value: summarize(get(p.name, func(d dpResult) float64 { return d.p50 }))})
-			r.add(Figure{Item: it, Name: p.name + " TCP RR p99", Unit: "ms", Value: summarize(get(p.name, func(d dpResult) float64 { return d.p99 }))})
+	}
+	get := func(name string, f func(dpResult) float64) []float64 {
+		var out []float64
+		for _, d := range res[name] {
+			out = append(out, f(d))
 		}
-		ratio := func(a, b string, f func(dpResult) float64) Sample {
-			return summarize(ratios(get(a, f), get(b, f)))
+		return out
+	}
+	for _, p := range paths {
+		it := "1 datapath"
+		r.add(Figure{Item: it, Name: p.name + " TCP 1 stream", Unit: "Gbit/s", Value: summarize(get(p.name, func(d dpResult) float64 { return d.tcp1 }))})
+		if p.tcp1Only {
+			continue
 		}
-		tcp1 := func(d dpResult) float64 { return d.tcp1 }
-		tcp4 := func(d dpResult) float64 { return d.tcp4 }
-		p50 := func(d dpResult) float64 { return d.p50 }
-		note := "per-round ratio, paths alternated"
-		r.add(goalMin(Figure{Item: "1 datapath", Name: "overlay / vxlan-ref, TCP 1 stream", Unit: "x", Value: ratio("overlay", "vxlan-ref", tcp1), Note: note}, 0.97))
-		r.add(Figure{Item: "1 datapath", Name: "overlay / vxlan-ref, TCP 4 streams", Unit: "x", Value: ratio("overlay", "vxlan-ref", tcp4), Note: note})
-		r.add(Figure{Item: "1 datapath", Name: "overlay / vxlan-ref+ct, TCP 1 stream", Unit: "x", Value: ratio("overlay", "vxlan-ref+ct", tcp1),
-			Note: note + "; the reference with flannel's default --ip-masq, so conntrack is on as on weft's nodes"})
-		r.add(Figure{Item: "1 datapath", Name: "vxlan-ref+ct / vxlan-ref, TCP 1 stream", Unit: "x", Value: ratio("vxlan-ref+ct", "vxlan-ref", tcp1),
-			Note: note + "; what connection tracking costs the same path"})
-		r.add(Figure{Item: "1 datapath", Name: "overlay / vxlan-ref, RR p50 latency", Unit: "x", Value: ratio("overlay", "vxlan-ref", p50), Note: note})
-		r.add(Figure{Item: "1 datapath", Name: "overlay / underlay, TCP 1 stream", Unit: "x", Value: ratio("overlay", "underlay", tcp1), Note: note})
-		r.add(Figure{Item: "1 datapath", Name: "overlay / underlay, TCP 4 streams", Unit: "x", Value: ratio("overlay", "underlay", tcp4), Note: note})
-		r.add(goalMin(Figure{Item: "1 datapath", Name: "same-node / veth, TCP 1 stream", Unit: "x", Value: ratio("same-node", "veth", tcp1), Note: note}, 0.95))
-		r.add(Figure{Item: "1 datapath", Name: "same-node / veth, TCP 4 streams", Unit: "x", Value: ratio("same-node", "veth", tcp4), Note: note})
-		return nil
-	})
+		r.add(Figure{Item: it, Name: p.name + " TCP 4 streams", Unit: "Gbit/s", Value: summarize(get(p.name, func(d dpResult) float64 { return d.tcp4 }))})
+		r.add(Figure{Item: it, Name: p.name + " UDP at " + udpRate + "bit/s: received", Unit: "Gbit/s", Value: summarize(get(p.name, func(d dpResult) float64 { return d.udpRate }))})
+		r.add(Figure{Item: it, Name: p.name + " UDP at " + udpRate + "bit/s: loss", Unit: "%", Value: summarize(get(p.name, func(d dpResult) float64 { return d.udpLoss }))})
+		r.add(Figure{Item: it, Name: p.name + " TCP RR p50", Unit: "ms", Value: summarize(get(p.name, func(d dpResult) float64 { return d.p50 }))})
+		r.add(Figure{Item: it, Name: p.name + " TCP RR p99", Unit: "ms", Value: summarize(get(p.name, func(d dpResult) float64 { return d.p99 }))})
+	}
+	ratio := func(a, b string, f func(dpResult) float64) Sample {
+		return summarize(ratios(get(a, f), get(b, f)))
+	}
+	tcp1 := func(d dpResult) float64 { return d.tcp1 }
+	tcp4 := func(d dpResult) float64 { return d.tcp4 }
+	p50 := func(d dpResult) float64 { return d.p50 }
+	note := "per-round ratio, paths alternated"
+	r.add(goalMin(Figure{Item: "1 datapath", Name: "overlay / vxlan-ref, TCP 1 stream", Unit: "x", Value: ratio("overlay", "vxlan-ref", tcp1), Note: note}, 0.97))
+	r.add(Figure{Item: "1 datapath", Name: "overlay / vxlan-ref, TCP 4 streams", Unit: "x", Value: ratio("overlay", "vxlan-ref", tcp4), Note: note})
+	r.add(Figure{Item: "1 datapath", Name: "overlay / vxlan-ref+ct, TCP 1 stream", Unit: "x", Value: ratio("overlay", "vxlan-ref+ct", tcp1),
+		Note: note + "; the reference with flannel's default --ip-masq, so conntrack is on as on weft's nodes"})
+	r.add(Figure{Item: "1 datapath", Name: "vxlan-ref+ct / vxlan-ref, TCP 1 stream", Unit: "x", Value: ratio("vxlan-ref+ct", "vxlan-ref", tcp1),
+		Note: note + "; what connection tracking costs the same path"})
+	r.add(Figure{Item: "1 datapath", Name: "overlay / vxlan-ref, RR p50 latency", Unit: "x", Value: ratio("overlay", "vxlan-ref", p50), Note: note})
+	r.add(Figure{Item: "1 datapath", Name: "overlay / underlay, TCP 1 stream", Unit: "x", Value: ratio("overlay", "underlay", tcp1), Note: note})
+	r.add(Figure{Item: "1 datapath", Name: "overlay / underlay, TCP 4 streams", Unit: "x", Value: ratio("overlay", "underlay", tcp4), Note: note})
+	r.add(goalMin(Figure{Item: "1 datapath", Name: "same-node / veth, TCP 1 stream", Unit: "x", Value: ratio("same-node", "veth", tcp1), Note: note}, 0.95))
+	r.add(Figure{Item: "1 datapath", Name: "same-node / veth, TCP 4 streams", Unit: "x", Value: ratio("same-node", "veth", tcp4), Note: note})
+	normalNote := note + "; weft with --fast-path=false: the bridge, routing and netfilter (conntrack, br_netfilter) on every packet"
+	r.add(Figure{Item: "1 datapath", Name: "overlay-normal / vxlan-ref, TCP 1 stream", Unit: "x", Value: ratio("overlay-normal", "vxlan-ref", tcp1), Note: normalNote})
+	r.add(Figure{Item: "1 datapath", Name: "overlay-normal / vxlan-ref+ct, TCP 1 stream", Unit: "x", Value: ratio("overlay-normal", "vxlan-ref+ct", tcp1), Note: normalNote})
+	r.add(Figure{Item: "1 datapath", Name: "same-node-normal / veth, TCP 1 stream", Unit: "x", Value: ratio("same-node-normal", "veth", tcp1), Note: normalNote})
+	share, err := fastPathShare(ctx, l)
+	if err != nil {
+		return err
+	}
+	r.add(Figure{Item: "1 datapath", Name: "packets the fast path carried", Unit: "%", Value: Sample{N: 1, Median: 100 * share, Min: 100 * share, Max: 100 * share},
+		Note: "of all the packets its programs saw on both nodes during the rounds (the rest: ICMP, ARP, gossip, health probes)"})
+	return nil
 }
 
 func linkMTU(nsName, link string) (int, error) {

@@ -59,7 +59,7 @@ func Add(args *skel.CmdArgs) error {
 		return agentError("ADD", cfg.Socket, err)
 	}
 
-	hostName := HostVethName(args.ContainerID, args.IfName)
+	hostName := api.HostVethName(args.ContainerID, args.IfName)
 	success, vethMade := false, false
 	defer func() {
 		if success {

@@ -71,7 +71,7 @@ func Check(args *skel.CmdArgs) error {
 	if err := podNS.Do(func(ns.NetNS) error { return verifyPod(args.IfName, addrs, routes) }); err != nil {
 		return checkFailed(err.Error())
 	}
-	if err := verifyHost(HostVethName(args.ContainerID, args.IfName), lease.Bridge); err != nil {
+	if err := verifyHost(api.HostVethName(args.ContainerID, args.IfName), lease.Bridge); err != nil {
 		return checkFailed(err.Error())
 	}
 	return nil

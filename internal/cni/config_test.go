@@ -177,21 +177,6 @@ func TestAgentErrorCodes(t *testing.T) {
 	}
 }
 
-func TestHostVethName(t *testing.T) {
-	a := HostVethName("0123456789abcdef", "eth0")
-	if len(a) != 15 || !strings.HasPrefix(a, "veth") {
-		t.Errorf("HostVethName = %q, want veth + 11 characters", a)
-	}
-	if a != HostVethName("0123456789abcdef", "eth0") {
-		t.Error("HostVethName is not deterministic")
-	}
-	for _, other := range []string{HostVethName("0123456789abcdef", "eth1"), HostVethName("0123456789abcdeF", "eth0")} {
-		if other == a {
-			t.Errorf("two attachments share veth name %q", a)
-		}
-	}
-}
-
 func TestPodArgs(t *testing.T) {
 	for _, tt := range []struct{ in, ns, name string }{
 		{"IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web-0;K8S_POD_INFRA_CONTAINER_ID=abc", "default", "web-0"},

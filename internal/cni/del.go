@@ -26,7 +26,7 @@ func Del(args *skel.CmdArgs) error {
 	if err := utils.ValidateInterfaceName(args.IfName); err != nil {
 		return err
 	}
-	if err := deleteVeth(HostVethName(args.ContainerID, args.IfName)); err != nil {
+	if err := deleteVeth(api.HostVethName(args.ContainerID, args.IfName)); err != nil {
 		return internalError("deleting the pod's veth failed: the runtime will retry; check the node's kernel log if it keeps failing", err)
 	}
 	err = cfg.client().Del(context.Background(), api.Attachment{ContainerID: args.ContainerID, IfName: args.IfName})

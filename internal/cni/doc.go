@@ -9,7 +9,7 @@
 // In the pod, CNI_IFNAME gets the lease's address (with its block's prefix, e.g.
 // 10.32.0.5/26) and three routes: the gateway on-link (it may lie outside the pod's block),
 // the cluster CIDR via the gateway, and the default route via the gateway. The host end,
-// named by HostVethName, is a port of the lease's bridge with hairpin mode on.
+// named by api.HostVethName, is a port of the lease's bridge with hairpin mode on.
 //
 // Every error is a *types.Error whose message says what to do. Codes: 4 bad CNI_* variables,
 // 7 bad network config, 8 bad CNI_NETNS, 11 agent unreachable or not ready (the runtime

@@ -1,8 +1,6 @@
 package cni
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"net"
@@ -13,15 +11,6 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
-
-// HostVethName is the name of the host end of the veth for one attachment: "veth" and 11
-// hex digits of sha256(containerID/ifName), 15 characters, the most a Linux interface name
-// holds. Being derived from the attachment, DEL finds the veth without any state, even when
-// the pod's network namespace is already gone.
-func HostVethName(containerID, ifName string) string {
-	sum := sha256.Sum256([]byte(containerID + "/" + ifName))
-	return "veth" + hex.EncodeToString(sum[:])[:11]
-}
 
 // podRoute is one route weft puts into a pod: to Dst via GW, or on-link when GW is not valid.
 type podRoute struct {

@@ -318,7 +318,7 @@ func TestAddPingCheckDel(t *testing.T) {
 		if _, err := linkIn(podA, "eth0"); err == nil {
 			t.Error("eth0 still in pod A after DEL")
 		}
-		if v := e.nodeVeths(); !slices.Equal(v, []string{HostVethName("pod-b", "eth0")}) {
+		if v := e.nodeVeths(); !slices.Equal(v, []string{api.HostVethName("pod-b", "eth0")}) {
 			t.Errorf("node veths after deleting A = %v, want only B's", v)
 		}
 		if _, ok := e.agent.held()[api.Attachment{ContainerID: "pod-a", IfName: "eth0"}]; ok {
@@ -350,8 +350,8 @@ func checkResult(t *testing.T, e *env, r *current.Result, pod ns.NetNS, id strin
 	if err != nil {
 		t.Fatal(err)
 	}
-	if host.Name != HostVethName(id, "eth0") || host.Sandbox != "" || host.Mac != hostLink.Attrs().HardwareAddr.String() || host.Mtu != wantMTU {
-		t.Errorf("host interface in result = %+v; want %s with MAC %s, MTU %d, no sandbox", host, HostVethName(id, "eth0"), hostLink.Attrs().HardwareAddr, wantMTU)
+	if host.Name != api.HostVethName(id, "eth0") || host.Sandbox != "" || host.Mac != hostLink.Attrs().HardwareAddr.String() || host.Mtu != wantMTU {
+		t.Errorf("host interface in result = %+v; want %s with MAC %s, MTU %d, no sandbox", host, api.HostVethName(id, "eth0"), hostLink.Attrs().HardwareAddr, wantMTU)
 	}
 	if podIf.Name != "eth0" || podIf.Sandbox != pod.Path() || podIf.Mac != podLink.Attrs().HardwareAddr.String() || podIf.Mtu != wantMTU {
 		t.Errorf("pod interface in result = %+v; want eth0 with MAC %s, MTU %d, in %s", podIf, podLink.Attrs().HardwareAddr, wantMTU, pod.Path())
@@ -374,7 +374,7 @@ func checkResult(t *testing.T, e *env, r *current.Result, pod ns.NetNS, id strin
 func checkKernel(t *testing.T, e *env, pod ns.NetNS, id string, addr netip.Addr) {
 	t.Helper()
 	err := e.node.Do(func(ns.NetNS) error {
-		host, err := netlinksafe.LinkByName(HostVethName(id, "eth0"))
+		host, err := netlinksafe.LinkByName(api.HostVethName(id, "eth0"))
 		if err != nil {
 			return err
 		}
@@ -671,7 +671,7 @@ func TestGCAsRuntime(t *testing.T) {
 	if h := e.agent.held(); len(h) != 1 || h[api.Attachment{ContainerID: "a", IfName: "eth0"}] == (netip.Prefix{}) {
 		t.Errorf("after GC the agent holds %v, want only a", h)
 	}
-	if v := e.nodeVeths(); !slices.Equal(v, []string{HostVethName("a", "eth0")}) {
+	if v := e.nodeVeths(); !slices.Equal(v, []string{api.HostVethName("a", "eth0")}) {
 		t.Errorf("node veths after GC = %v, want only a's", v)
 	}
 	if err := ping(podA, fakeGateway); err != nil {

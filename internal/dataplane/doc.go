@@ -32,6 +32,11 @@
 // the reconciler adds and updates but never deletes, so a restarted agent that knows only
 // itself does not tear down the routes to every other node.
 //
+// This is the normal path. Where the kernel can, the agent adds package fastpath on top: BPF
+// programs that hand pod-to-pod packets to the other pod's veth or to weft-vxlan directly,
+// resolving the next hop through the very routes and neighbour entries described above, and
+// leaving every packet netfilter translates to this path.
+//
 // # The nftables table
 //
 // Table "ip weft" is weft's alone and is rebuilt whole, in one transaction, whenever one of

@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"maps"
 	"net"
 	"net/netip"
@@ -24,32 +23,17 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// The namespace helpers these tests share with other packages' (testutil).
+var (
+	inNS     = testutil.InNS
+	run      = testutil.Run
+	servePod = testutil.Serve
+	ask      = testutil.Ask
+)
+
 // Real-kernel tests. Each works in throwaway namespaces from testutil.NewNS, enters them
 // only inside ns.Do (locked OS thread), and inspects the result with iproute2 and nft, so
 // the checks do not share code with what they check.
-
-// inNS runs f inside n.
-func inNS(t *testing.T, n ns.NetNS, f func() error) {
-	t.Helper()
-	if err := n.Do(func(ns.NetNS) error { return f() }); err != nil {
-		t.Fatal(err)
-	}
-}
-
-// run runs a command inside n and returns its output.
-func run(t *testing.T, n ns.NetNS, name string, args ...string) string {
-	t.Helper()
-	var out []byte
-	inNS(t, n, func() error {
-		var err error
-		out, err = exec.Command(name, args...).CombinedOutput()
-		if err != nil {
-			return fmt.Errorf("%s %s: %w\n%s", name, strings.Join(args, " "), err, out)
-		}
-		return nil
-	})
-	return string(out)
-}
 
 func reconcile(t *testing.T, n ns.NetNS, r *Reconciler, d Desired) []string {
 	t.Helper()
@@ -1029,81 +1013,4 @@ func testHostPortTraffic(t *testing.T, brnf string) {
 			t.Errorf("%s %s: the failure took %v", x.proto, x.dst, took)
 		}
 	}
-}
-
-// servePod answers on TCP port 8080 and UDP port 5353 of every address of n with "<name>
-// <proto> from <the client's address>".
-func servePod(t *testing.T, n ns.NetNS, name string) {
-	t.Helper()
-	var tl net.Listener
-	var ul net.PacketConn
-	inNS(t, n, func() (err error) {
-		if tl, err = net.Listen("tcp4", "0.0.0.0:8080"); err != nil {
-			return err
-		}
-		ul, err = net.ListenPacket("udp4", "0.0.0.0:5353")
-		return err
-	})
-	t.Cleanup(func() { tl.Close(); ul.Close() })
-	go func() {
-		for {
-			c, err := tl.Accept()
-			if err != nil {
-				return // closed
-			}
-			from := c.RemoteAddr().(*net.TCPAddr).IP
-			fmt.Fprintf(c, "%s tcp from %s", name, from)
-			c.Close()
-		}
-	}()
-	go func() {
-		buf := make([]byte, 1500)
-		for {
-			_, addr, err := ul.ReadFrom(buf)
-			if err != nil {
-				return // closed
-			}
-			ul.WriteTo([]byte(fmt.Sprintf("%s udp from %s", name, addr.(*net.UDPAddr).IP)), addr)
-		}
-	}()
-}
-
-// ask connects from inside n to dst over proto ("tcp": read what the server says; "udp":
-// send a datagram, read the answer) and returns the answer. Each of the tries is bounded by
-// timeout; the error is the last try's.
-func ask(t *testing.T, n ns.NetNS, proto, dst string, timeout time.Duration, tries int) (string, error) {
-	t.Helper()
-	var answer string
-	var err error
-	for range tries {
-		inNS(t, n, func() error {
-			answer, err = askOnce(proto, dst, timeout)
-			return nil
-		})
-		if err == nil {
-			break
-		}
-	}
-	return answer, err
-}
-
-func askOnce(proto, dst string, timeout time.Duration) (string, error) {
-	c, err := net.DialTimeout(proto+"4", dst, timeout)
-	if err != nil {
-		return "", err
-	}
-	defer c.Close()
-	if err := c.SetDeadline(time.Now().Add(timeout)); err != nil {
-		return "", err
-	}
-	if proto == "udp" {
-		if _, err := c.Write([]byte("hello")); err != nil {
-			return "", err
-		}
-		buf := make([]byte, 1500)
-		n, err := c.Read(buf)
-		return string(buf[:n]), err
-	}
-	b, err := io.ReadAll(c)
-	return string(b), err
 }

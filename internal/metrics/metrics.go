@@ -110,6 +110,7 @@ var (
 	descBlocks     = prometheus.NewDesc("weft_ipam_blocks_owned", "Address blocks this node owns.", nil, nil)
 	descReconciles = prometheus.NewDesc("weft_reconcile_runs_total", "Dataplane reconciles run.", nil, nil)
 	descDrift      = prometheus.NewDesc("weft_reconcile_drift_corrections_total", "Kernel changes the reconciler made after the first reconcile (entries deleted or changed by hand, and so on).", nil, nil)
+	descFastPath   = prometheus.NewDesc("weft_fastpath_packets_total", "Packets the BPF fast path saw, by verdict: to_pod and to_tunnel it handed on itself, the rest it left to the normal path.", []string{"verdict"}, nil)
 	descMissing    = prometheus.NewDesc("weft_kernel_entries_missing", "Wanted routes, neighbour and FDB entries the kernel lacks at the last check.", nil, nil)
 	descStale      = prometheus.NewDesc("weft_kernel_entries_stale", "weft's kernel entries nothing wants at the last check.", nil, nil)
 	descGossipMsgs = prometheus.NewDesc("weft_gossip_messages_total", "Gossip messages carrying node records, by direction (sent, received).", []string{"direction"}, nil)
@@ -120,7 +121,7 @@ type collector struct{ snap func() Snapshot }
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descInfo, descReady, descPeers, descPeerHealth, descPeerOK, descRTT, descProbes, descLost,
-		descUsed, descCap, descBlocks, descReconciles, descDrift, descMissing, descStale, descGossipMsgs, descGossipB} {
+		descUsed, descCap, descBlocks, descReconciles, descDrift, descMissing, descStale, descGossipMsgs, descGossipB, descFastPath} {
 		ch <- d
 	}
 }
@@ -179,6 +180,9 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	if k := st.Kernel; k != nil {
 		gauge(descMissing, float64(len(k.Missing)))
 		gauge(descStale, float64(len(k.Stale)))
+	}
+	for verdict, n := range st.FastPathPackets {
+		counter(descFastPath, float64(n), verdict)
 	}
 	counter(descGossipMsgs, float64(s.Gossip.MsgsOut), "sent")
 	counter(descGossipMsgs, float64(s.Gossip.MsgsIn), "received")

@@ -1,0 +1,83 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"net/netip"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/weftnet/weft/internal/api"
+	"github.com/weftnet/weft/internal/dataplane"
+	"github.com/weftnet/weft/internal/fastpath"
+)
+
+// startFastPath loads the BPF fast path when the configuration asks for it and the kernel
+// can run it; otherwise it takes off any fast path an earlier agent left, so traffic takes
+// the normal path that this agent's configuration asks for. Either way the node works:
+// the fast path only shortens the path of packets the normal path would carry anyway.
+func (a *Agent) startFastPath() {
+	if !a.cfg.FastPath {
+		a.fastState = "off (--fast-path=false)"
+		if n, err := fastpath.Remove(dataplane.BridgeName, dataplane.VXLANName); err != nil {
+			a.log.Warn("removing the fast path an earlier agent attached", "removed", n, "err", err)
+		} else if n > 0 {
+			a.log.Info("removed the fast path an earlier agent attached", "devices", n)
+		}
+		return
+	}
+	p, err := fastpath.Load()
+	if err == nil {
+		a.fast, err = fastpath.NewSyncer(p)
+	}
+	if err != nil {
+		a.fastState = "unavailable: " + err.Error()
+		if errors.Is(err, fastpath.ErrUnsupported) {
+			a.log.Warn("running without the BPF fast path: pod traffic takes the bridge and the IP stack", "err", err)
+		} else {
+			a.log.Error("running without the BPF fast path", "err", err)
+		}
+		return
+	}
+	a.fastState = "on"
+	a.log.Info("BPF fast path loaded")
+}
+
+// syncFastPath reconciles the fast path for the desired state d; full also checks the
+// devices it has already seen (the periodic repair). A failure is logged and retried on
+// the next reconcile: packets the fast path does not take go the normal way.
+func (a *Agent) syncFastPath(d dataplane.Desired, full bool) {
+	if a.fast == nil {
+		return
+	}
+	want := fastpath.Want{Bridge: d.Bridge.Name, VXLAN: d.VXLAN.Name, Pods: map[netip.Addr]string{}}
+	for _, l := range a.ipam.Leases() {
+		want.Pods[l.Address.Addr()] = api.HostVethName(l.ContainerID, l.IfName)
+	}
+	n, err := a.fast.Sync(want, full)
+	if err != nil {
+		a.log.Warn("updating the BPF fast path (will retry)", "changes", n, "err", err)
+	} else if n > 0 {
+		a.log.Debug("fast path updated", "changes", n)
+	}
+}
+
+// watchLinks asks for a reconcile whenever a veth joins a bridge, so the fast path takes
+// a new pod's traffic at once instead of at the next periodic reconcile. Until then the
+// pod's packets take the normal path, so a lost event costs only that delay.
+func (a *Agent) watchLinks(ctx context.Context) {
+	updates := make(chan netlink.LinkUpdate, 64)
+	err := netlink.LinkSubscribeWithOptions(updates, ctx.Done(), netlink.LinkSubscribeOptions{
+		ErrorCallback: func(err error) { a.log.Debug("link updates", "err", err) },
+	})
+	if err != nil {
+		a.log.Warn("not watching for new pod veths; the fast path picks them up at each resync", "err", err)
+		return
+	}
+	for u := range updates {
+		if u.Header.Type == unix.RTM_NEWLINK && u.Link.Type() == "veth" && u.Attrs().MasterIndex != 0 {
+			a.requestReconcile()
+		}
+	}
+}
