@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"runtime/debug"
 
 	"github.com/cilium/ebpf"
 )
@@ -39,6 +40,10 @@ func Load() (*Program, error) {
 		return nil, fmt.Errorf("reading the embedded fast-path object: %w", err)
 	}
 	coll, err := ebpf.NewCollection(spec)
+	// Loading parsed the kernel's BTF (several MB, mapped and decoded) to resolve the
+	// kfuncs and nf_conn's layout; nothing needs it afterwards: hand the memory back now
+	// rather than whenever the runtime would.
+	debug.FreeOSMemory()
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrUnsupported, err)
 	}
