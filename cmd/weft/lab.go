@@ -59,7 +59,7 @@ func labCmd() *cobra.Command {
 
 	check := &cobra.Command{
 		Use:   "check",
-		Short: "Ping every pod from every other pod and from every node; exit 1 on any failure",
+		Short: "Ping (ICMP and UDP) every pod from every other pod and from every node; exit 1 on any failure",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			l, err := load()

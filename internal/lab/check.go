@@ -33,7 +33,7 @@ type Cell uint8
 // Cells of a Matrix.
 const (
 	NotTested   Cell = iota // a source and itself
-	Reachable               // an echo reply came back
+	Reachable               // an ICMP echo reply came back, and a UDP echo where the target runs a responder
 	Unreachable             // no reply after every try
 )
 
@@ -162,8 +162,8 @@ type probeConfig struct {
 
 var defaultProbe = probeConfig{tries: 3, timeout: time.Second, workers: 128, total: 2 * time.Minute}
 
-// Check sends ICMP echo from every pod to every other pod and from every node to every
-// pod. Unreachable pairs are in the Matrix (see Failures); the error is for a check
+// Check sends ICMP echo and a UDP datagram (echoed by a responder the check runs in each
+// pod) from every pod to every other pod and from every node to every pod. Unreachable pairs are in the Matrix (see Failures); the error is for a check
 // that could not run at all.
 func (l *Lab) Check(ctx context.Context) (Matrix, error) {
 	nodes := l.Nodes()
@@ -189,7 +189,8 @@ func (l *Lab) Check(ctx context.Context) (Matrix, error) {
 	return probe(ctx, sources, targets, defaultProbe)
 }
 
-// probe pings every target from every source, each source from inside its namespace.
+// probe pings every target from every source, each source from inside its namespace, and
+// then checks UDP to the targets that have a namespace (see echoPort).
 func probe(ctx context.Context, sources, targets []Endpoint, cfg probeConfig) (Matrix, error) {
 	if len(targets) > 1<<16 {
 		return Matrix{}, fmt.Errorf("too many targets (%d): at most %d fit the ICMP sequence space", len(targets), 1<<16)
@@ -203,6 +204,11 @@ func probe(ctx context.Context, sources, targets []Endpoint, cfg probeConfig) (M
 		Cells:   make([][]Cell, len(sources)),
 		Reasons: map[[2]int]string{},
 	}
+	stop, err := startResponders(targets)
+	if err != nil {
+		return Matrix{}, err
+	}
+	defer stop()
 	var mu sync.Mutex // guards m.Reasons
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, max(cfg.workers, 1))
@@ -227,6 +233,13 @@ func probe(ctx context.Context, sources, targets []Endpoint, cfg probeConfig) (M
 			}
 			defer func() { <-sem }()
 			reasons, err := pingFrom(ctx, sources[i], targets, row, cfg)
+			if err == nil {
+				var udp map[int]string
+				udp, err = udpFrom(ctx, sources[i], targets, row, cfg)
+				for j, r := range udp {
+					reasons[j] = r
+				}
+			}
 			mu.Lock()
 			defer mu.Unlock()
 			if err != nil {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -95,7 +96,7 @@ func TestUnderlay(t *testing.T) {
 	}
 	var targets, sources []Endpoint
 	for _, n := range l.Nodes() {
-		targets = append(targets, Endpoint{Name: n.Name, Group: "underlay", Addr: n.Underlay})
+		targets = append(targets, Endpoint{Name: n.Name, Group: "underlay", NS: n.Namespace, Addr: n.Underlay})
 		sources = append(sources, Endpoint{Name: n.Name, Group: "underlay", NS: n.Namespace})
 		// eth0 holds the address, MTU 1500, lo up; the only routes are the connected ones.
 		err := withHandle(n.Namespace, func(h *netlink.Handle) error {
@@ -154,6 +155,20 @@ func TestUnderlay(t *testing.T) {
 		t.Fatalf("unknown target: failures %v", f)
 	} else {
 		t.Logf("expected failure: %v", f[0])
+	}
+	// A target that answers ICMP but drops UDP (what a broken fast path looks like):
+	// unreachable, and the reason says so.
+	nft := exec.Command("ip", "netns", "exec", targets[1].NS, "nft", "-f", "-")
+	nft.Stdin = strings.NewReader(fmt.Sprintf("table ip udpdrop {\n chain in {\n  type filter hook input priority 0;\n  udp dport %d drop\n }\n}\n", echoPort))
+	if out, err := nft.CombinedOutput(); err != nil {
+		t.Fatalf("nft: %v\n%s", err, out)
+	}
+	m, err = probe(ctx, sources[:1], targets[1:2], probeConfig{tries: 2, timeout: 200 * time.Millisecond, workers: 1, total: 10 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f := m.Failures(); len(f) != 1 || !strings.Contains(f[0].Reason, "not UDP") {
+		t.Fatalf("a target dropping UDP: failures %v, want one saying UDP", f)
 	}
 
 	if err := l.Down(ctx); err != nil {
