@@ -216,6 +216,25 @@ func TestFastPath(t *testing.T) {
 		t.Errorf("a full sync after removing one filter made %d changes, want 1", n)
 	}
 
+	// An agent restart: a new program takes over every device, its maps filled first.
+	p2, err := fastpath.Load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p2.Close() })
+	if a.sync, err = fastpath.NewSyncer(p2); err != nil {
+		t.Fatal(err)
+	}
+	if n := a.syncFP(t, true); n != 8 {
+		t.Errorf("a new program's first sync made %d changes, want 8", n)
+	}
+	if got, err := testutil.Ask(t, a1, "tcp", "10.32.0.69:8080", 2*time.Second, 3); err != nil || got != "veth-b1 tcp from 10.32.0.5" {
+		t.Errorf("after the new program took over: %q, %v", got, err)
+	}
+	if c := a.counts(t); c["to_tunnel"] == 0 {
+		t.Errorf("the new program carried nothing: %v", c)
+	}
+
 	// A pod that goes: its address leaves the map and reaches the normal path.
 	delete(a.pods, netip.MustParseAddr("10.32.0.6"))
 	if n := a.syncFP(t, false); n != 1 {

@@ -78,8 +78,22 @@ func (s *Syncer) Sync(w Want, full bool) (int, error) {
 		s.devices = dev
 	}
 
-	seen := map[int]bool{}
+	// The maps first: a program attached below (a new agent's, replacing the last one's)
+	// must find every pod from its first packet on.
 	var errs []error
+	pods := make(map[netip.Addr]int, len(w.Pods))
+	for ip, name := range w.Pods {
+		if l := byName[name]; l != nil && l.Attrs().MasterIndex == bridge.Attrs().Index {
+			pods[ip] = l.Attrs().Index
+		}
+	}
+	n, err := s.p.syncPods(pods)
+	changes += n
+	if err != nil {
+		errs = append(errs, err)
+	}
+
+	seen := map[int]bool{}
 	for _, l := range links {
 		tunnel := l == vxlan
 		if !tunnel && (l.Type() != "veth" || l.Attrs().MasterIndex != bridge.Attrs().Index) {
@@ -106,18 +120,6 @@ func (s *Syncer) Sync(w Want, full bool) (int, error) {
 		if !seen[idx] {
 			delete(s.attached, idx)
 		}
-	}
-
-	pods := make(map[netip.Addr]int, len(w.Pods))
-	for ip, name := range w.Pods {
-		if l := byName[name]; l != nil && l.Attrs().MasterIndex == bridge.Attrs().Index {
-			pods[ip] = l.Attrs().Index
-		}
-	}
-	n, err := s.p.syncPods(pods)
-	changes += n
-	if err != nil {
-		errs = append(errs, err)
 	}
 	return changes, errors.Join(errs...)
 }
