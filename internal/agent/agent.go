@@ -34,8 +34,8 @@ type Agent struct {
 	ipam      *ipam.Allocator
 	cluster   *cluster.Cluster
 	recon     *dataplane.Reconciler
-	fast      *fastpath.Syncer // nil: no BPF fast path (fastpath.go)
-	fastState string           // the fast path's state for the status: on, off, unavailable
+	fast      atomic.Pointer[fastpath.Syncer] // nil: no BPF fast path (yet; fastpath.go)
+	fastState atomic.Value                    // string for the status: loading, on, off, unavailable
 
 	kick    chan struct{} // asks the loop for a reconcile; buffered, coalescing
 	started time.Time
@@ -80,7 +80,6 @@ func Run(ctx context.Context, cfg Config) error {
 		return fmt.Errorf("starting IPAM: %w", err)
 	}
 	a.recon = dataplane.NewReconciler(cfg.Kernel)
-	a.startFastPath()
 	a.initObserve()
 
 	a.cluster, err = cluster.Start(cluster.Config{
@@ -139,8 +138,9 @@ func Run(ctx context.Context, cfg Config) error {
 	go a.joinLoop(ctx)
 	a.startObserve(ctx, &wg, fail)
 	wg.Go(func() { a.watchDiscovery(ctx) })
-	if a.fast != nil {
-		wg.Go(func() { a.watchLinks(ctx) })
+	if cfg.realKernel {
+		a.fastState.Store("loading")
+		wg.Go(func() { a.runFastPath(ctx) })
 	}
 	a.reconcileLoop(ctx)
 	cancel()
@@ -477,8 +477,8 @@ func (a *Agent) Status(context.Context) (api.Status, error) {
 	s := api.Status{
 		Node: a.cfg.NodeName, Version: version.Version, Ready: a.ready.Load(),
 		Underlay: a.cfg.UnderlayIP, ClusterCIDR: a.cfg.ClusterCIDR, Gateway: a.ipam.Gateway(), MTU: a.mtu,
-		FastPath: a.fastState,
 	}
+	s.FastPath, _ = a.fastState.Load().(string)
 	a.recMu.Lock()
 	s.LastReconcile, s.Reconciles, s.Drift = a.lastReconcile, a.reconciles, a.drift
 	s.Goroutines = runtime.NumGoroutine()
@@ -495,8 +495,8 @@ func (a *Agent) Status(context.Context) (api.Status, error) {
 	for _, m := range a.cluster.Members() {
 		s.Peers = append(s.Peers, api.Peer{Name: m.Name, Underlay: m.Underlay, State: m.State, Blocks: slices.Clone(m.Blocks), Version: m.Version, Tunnel: m.Tunnel})
 	}
-	if a.fast != nil {
-		s.FastPathPackets, _ = a.fast.Counts() // a failed read leaves them out
+	if fast := a.fast.Load(); fast != nil {
+		s.FastPathPackets, _ = fast.Counts() // a failed read leaves them out
 	}
 	a.observeStatus(&s)
 	return s, nil

@@ -42,6 +42,9 @@ type Config struct {
 	// it (package fastpath); off, an agent takes off any fast path an earlier one left.
 	// Only with the real kernel: tests with a fake Kernel leave it off.
 	FastPath bool
+	// realKernel: Kernel is this namespace's (set by validate), so the fast path, or the
+	// removal of an earlier agent's, acts on the same kernel.
+	realKernel bool
 
 	// Integration hooks (Kubernetes mode; see hooks.go). All optional.
 
@@ -81,6 +84,7 @@ func (c *Config) validate() error {
 	}
 	if c.Kernel == nil {
 		c.Kernel = dataplane.NewKernel()
+		c.realKernel = true
 	}
 	if c.Discovery == nil {
 		c.Discovery = StaticPeers(nil)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/netip"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -13,13 +14,17 @@ import (
 	"github.com/weftnet/weft/internal/fastpath"
 )
 
-// startFastPath loads the BPF fast path when the configuration asks for it and the kernel
-// can run it; otherwise it takes off any fast path an earlier agent left, so traffic takes
-// the normal path that this agent's configuration asks for. Either way the node works:
-// the fast path only shortens the path of packets the normal path would carry anyway.
-func (a *Agent) startFastPath() {
+// runFastPath loads the BPF fast path when the configuration asks for it and the kernel
+// can run it, then watches for new pod veths until ctx ends; otherwise it takes off any
+// fast path an earlier agent left, so traffic takes the normal path that this agent's
+// configuration asks for. Either way the node works: the fast path only shortens the path
+// of packets the normal path would carry anyway. It runs beside the agent's start, not
+// before it: loading parses the kernel's BTF, which takes a good part of a second on a
+// busy node, and a restarted node must not wait for that to rejoin (an earlier agent's
+// programs keep working meanwhile).
+func (a *Agent) runFastPath(ctx context.Context) {
 	if !a.cfg.FastPath {
-		a.fastState = "off (--fast-path=false)"
+		a.fastState.Store("off (--fast-path=false)")
 		if n, err := fastpath.Remove(dataplane.BridgeName, dataplane.VXLANName); err != nil {
 			a.log.Warn("removing the fast path an earlier agent attached", "removed", n, "err", err)
 		} else if n > 0 {
@@ -27,12 +32,16 @@ func (a *Agent) startFastPath() {
 		}
 		return
 	}
+	start := time.Now()
 	p, err := fastpath.Load()
+	var s *fastpath.Syncer
 	if err == nil {
-		a.fast, err = fastpath.NewSyncer(p)
+		if s, err = fastpath.NewSyncer(p); err != nil {
+			p.Close()
+		}
 	}
 	if err != nil {
-		a.fastState = "unavailable: " + err.Error()
+		a.fastState.Store("unavailable: " + err.Error())
 		if errors.Is(err, fastpath.ErrUnsupported) {
 			a.log.Warn("running without the BPF fast path: pod traffic takes the bridge and the IP stack", "err", err)
 		} else {
@@ -40,22 +49,26 @@ func (a *Agent) startFastPath() {
 		}
 		return
 	}
-	a.fastState = "on"
-	a.log.Info("BPF fast path loaded")
+	a.fast.Store(s)
+	a.fastState.Store("on")
+	a.log.Info("BPF fast path loaded", "took", time.Since(start).Round(time.Millisecond))
+	a.requestReconcile() // attach it now, not at the next resync
+	a.watchLinks(ctx)
 }
 
 // syncFastPath reconciles the fast path for the desired state d; full also checks the
 // devices it has already seen (the periodic repair). A failure is logged and retried on
 // the next reconcile: packets the fast path does not take go the normal way.
 func (a *Agent) syncFastPath(d dataplane.Desired, full bool) {
-	if a.fast == nil {
+	fast := a.fast.Load()
+	if fast == nil {
 		return
 	}
 	want := fastpath.Want{Bridge: d.Bridge.Name, VXLAN: d.VXLAN.Name, Pods: map[netip.Addr]string{}}
 	for _, l := range a.ipam.Leases() {
 		want.Pods[l.Address.Addr()] = api.HostVethName(l.ContainerID, l.IfName)
 	}
-	n, err := a.fast.Sync(want, full)
+	n, err := fast.Sync(want, full)
 	if err != nil {
 		a.log.Warn("updating the BPF fast path (will retry)", "changes", n, "err", err)
 	} else if n > 0 {

@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/netip"
 	"os/exec"
+	"runtime"
 	"strconv"
 	"syscall"
 	"time"
@@ -68,6 +69,17 @@ type iperfResult struct {
 	Error string `json:"error"`
 }
 
+// pinArgs pins the iperf3 client to CPU 0 and the server to CPU 1 (iperf3 -A) where there
+// are two CPUs or more. Left to the scheduler, a single stream's client and server share a
+// CPU in some runs and not in others, which made one path's throughput swing by a third
+// between rounds; pinned, every path runs with the same placement.
+func pinArgs() []string {
+	if runtime.NumCPU() < 2 {
+		return nil
+	}
+	return []string{"-A", "0,1"}
+}
+
 // iperf runs an iperf3 client in src against dst with extra args; it retries a
 // couple of times when the server is not up yet or busy.
 func iperf(ctx context.Context, src string, dst netip.Addr, args ...string) (iperfResult, error) {
@@ -76,7 +88,8 @@ func iperf(ctx context.Context, src string, dst netip.Addr, args ...string) (ipe
 		if try > 0 {
 			time.Sleep(300 * time.Millisecond)
 		}
-		a := append([]string{"-c", dst.String(), "-p", strconv.Itoa(iperfPort), "--json", "--connect-timeout", "2000"}, args...)
+		a := append([]string{"-c", dst.String(), "-p", strconv.Itoa(iperfPort), "--json", "--connect-timeout", "2000"}, pinArgs()...)
+		a = append(a, args...)
 		cctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 		out, err := runInNS(cctx, src, exec.Command("iperf3", a...))
 		cancel()
