@@ -36,6 +36,7 @@ type Agent struct {
 	recon     *dataplane.Reconciler
 	fast      atomic.Pointer[fastpath.Syncer] // nil: no BPF fast path (yet; fastpath.go)
 	fastState atomic.Value                    // string for the status: loading, on, off, unavailable
+	fastDirty atomic.Bool                     // pods or devices changed since the fast path's last sync
 
 	kick    chan struct{} // asks the loop for a reconcile; buffered, coalescing
 	started time.Time
@@ -440,8 +441,11 @@ func hostPorts(l ipam.Lease) []dataplane.HostPort {
 func (a *Agent) Del(ctx context.Context, at api.Attachment) error {
 	l, _ := a.ipam.Get(key(at))
 	released, err := a.ipam.Release(ctx, key(at))
+	a.fastDirty.Store(true) // the pod's address leaves the fast path's map
 	if released && len(l.Ports) > 0 {
 		a.reconcile(false) // its hostPorts go with it; a failure is retried by the loop
+	} else if released {
+		a.requestReconcile()
 	}
 	return err
 }

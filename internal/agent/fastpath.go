@@ -32,6 +32,16 @@ func (a *Agent) runFastPath(ctx context.Context) {
 		}
 		return
 	}
+	// Load once the node has joined and its dataplane is up: a restarted node's peers
+	// must not wait for this node's CPU.
+	for wait := time.NewTicker(20 * time.Millisecond); !(a.ready.Load() && a.synced.Load()); {
+		select {
+		case <-ctx.Done():
+			wait.Stop()
+			return
+		case <-wait.C:
+		}
+	}
 	start := time.Now()
 	p, err := fastpath.Load()
 	var s *fastpath.Syncer
@@ -52,6 +62,7 @@ func (a *Agent) runFastPath(ctx context.Context) {
 	a.fast.Store(s)
 	a.fastState.Store("on")
 	a.log.Info("BPF fast path loaded", "took", time.Since(start).Round(time.Millisecond))
+	a.fastDirty.Store(true)
 	a.requestReconcile() // attach it now, not at the next resync
 	a.watchLinks(ctx)
 }
@@ -64,12 +75,18 @@ func (a *Agent) syncFastPath(d dataplane.Desired, full bool) {
 	if fast == nil {
 		return
 	}
+	// The fast path depends on this node's pods and devices only, not on peers: the
+	// reconciles that follow cluster changes (on every node, for every change) skip it.
+	if dirty := a.fastDirty.Swap(false); !full && !dirty {
+		return
+	}
 	want := fastpath.Want{Bridge: d.Bridge.Name, VXLAN: d.VXLAN.Name, Pods: map[netip.Addr]string{}}
 	for _, l := range a.ipam.Leases() {
 		want.Pods[l.Address.Addr()] = api.HostVethName(l.ContainerID, l.IfName)
 	}
 	n, err := fast.Sync(want, full)
 	if err != nil {
+		a.fastDirty.Store(true)
 		a.log.Warn("updating the BPF fast path (will retry)", "changes", n, "err", err)
 	} else if n > 0 {
 		a.log.Debug("fast path updated", "changes", n)
@@ -90,6 +107,7 @@ func (a *Agent) watchLinks(ctx context.Context) {
 	}
 	for u := range updates {
 		if u.Header.Type == unix.RTM_NEWLINK && u.Link.Type() == "veth" && u.Attrs().MasterIndex != 0 {
+			a.fastDirty.Store(true)
 			a.requestReconcile()
 		}
 	}
