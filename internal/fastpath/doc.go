@@ -5,7 +5,7 @@
 // Without it a pod's packet crosses the node's bridge, the IP stack and netfilter on each
 // node it passes. The nat chains that masquerading and kube-proxy's Services need switch
 // connection tracking on for every packet of the namespace, and br_netfilter passes even
-// bridged packets between two pods of one node through it. That costs 6-10 % of a TCP
+// bridged packets between two pods of one node through it. That costs 6-20 % of a TCP
 // stream's throughput here (BENCHMARKS.md), and it buys nothing for the packets of a plain
 // connection between two pods, which nobody translates.
 //
