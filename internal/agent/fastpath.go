@@ -34,7 +34,8 @@ func (a *Agent) runFastPath(ctx context.Context) {
 	}
 	// Load once the node has joined and its dataplane is up: a restarted node's peers
 	// must not wait for this node's CPU.
-	for wait := time.NewTicker(20 * time.Millisecond); !(a.ready.Load() && a.synced.Load()); {
+	wait := time.NewTicker(20 * time.Millisecond)
+	for !(a.ready.Load() && a.synced.Load()) {
 		select {
 		case <-ctx.Done():
 			wait.Stop()
@@ -42,6 +43,7 @@ func (a *Agent) runFastPath(ctx context.Context) {
 		case <-wait.C:
 		}
 	}
+	wait.Stop()
 	start := time.Now()
 	p, err := fastpath.Load()
 	var s *fastpath.Syncer

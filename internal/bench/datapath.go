@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/weftnet/weft/internal/api"
+	"github.com/weftnet/weft/internal/fastpath"
 	"github.com/weftnet/weft/internal/lab"
 )
 
@@ -76,7 +77,7 @@ func fastPathShare(ctx context.Context, l *lab.Lab) (float64, error) {
 		}
 		for v, c := range st.FastPathPackets {
 			seen += c
-			if v == "to_pod" || v == "to_tunnel" {
+			if fastpath.Carried(v) {
 				carried += c
 			}
 		}

@@ -8,7 +8,7 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// filterName names weft's tc filters, so Attach finds and replaces its own.
+// filterName names weft's tc filters (tc shows it).
 const filterName = "weft-fastpath"
 
 // filterPrio is the tc priority of weft's filter on a device's ingress hook.
@@ -19,10 +19,6 @@ const filterPrio = 1
 // restart does not take the fast path away; a filter of an earlier program is replaced in
 // place.
 func (p *Program) Attach(link netlink.Link, tunnel bool) error {
-	prog := p.fromPod
-	if tunnel {
-		prog = p.fromTunnel
-	}
 	attrs := link.Attrs()
 	qd := &netlink.GenericQdisc{
 		QdiscAttrs: netlink.QdiscAttrs{LinkIndex: attrs.Index, Handle: netlink.MakeHandle(0xffff, 0), Parent: netlink.HANDLE_CLSACT},
@@ -32,16 +28,21 @@ func (p *Program) Attach(link netlink.Link, tunnel bool) error {
 		return fmt.Errorf("adding a clsact qdisc to %s: %w", attrs.Name, err)
 	}
 	f := &netlink.BpfFilter{
-		FilterAttrs: netlink.FilterAttrs{
-			LinkIndex: attrs.Index, Parent: netlink.HANDLE_MIN_INGRESS,
-			Handle: 1, Priority: filterPrio, Protocol: unix.ETH_P_ALL,
-		},
-		Fd: prog.FD(), Name: filterName, DirectAction: true,
+		FilterAttrs: filterAttrs(attrs.Index),
+		Fd:          p.program(tunnel).FD(), Name: filterName, DirectAction: true,
 	}
 	if err := netlink.FilterReplace(f); err != nil {
 		return fmt.Errorf("attaching the fast path to %s: %w", attrs.Name, err)
 	}
 	return nil
+}
+
+// filterAttrs are the attributes of weft's filter on the ingress of the device with index.
+func filterAttrs(index int) netlink.FilterAttrs {
+	return netlink.FilterAttrs{
+		LinkIndex: index, Parent: netlink.HANDLE_MIN_INGRESS,
+		Handle: 1, Priority: filterPrio, Protocol: unix.ETH_P_ALL,
+	}
 }
 
 // Attached reports the ID of the fast-path program on link's ingress, 0 for none.
@@ -82,15 +83,14 @@ func Remove(bridge, vxlan string) (int, error) {
 			continue
 		}
 		id, err := Attached(l)
-		if err != nil || id == 0 {
+		if err != nil {
 			errs = append(errs, err)
 			continue
 		}
-		f := &netlink.BpfFilter{FilterAttrs: netlink.FilterAttrs{
-			LinkIndex: l.Attrs().Index, Parent: netlink.HANDLE_MIN_INGRESS,
-			Handle: 1, Priority: filterPrio, Protocol: unix.ETH_P_ALL,
-		}}
-		if err := netlink.FilterDel(f); err != nil {
+		if id == 0 {
+			continue
+		}
+		if err := netlink.FilterDel(&netlink.BpfFilter{FilterAttrs: filterAttrs(l.Attrs().Index)}); err != nil {
 			errs = append(errs, fmt.Errorf("removing the fast path from %s: %w", l.Attrs().Name, err))
 			continue
 		}

@@ -64,6 +64,14 @@ func (p *Program) Close() error {
 	return nil
 }
 
+// program is from_tunnel for the VXLAN device, from_pod for a pod's veth.
+func (p *Program) program(tunnel bool) *ebpf.Program {
+	if tunnel {
+		return p.fromTunnel
+	}
+	return p.fromPod
+}
+
 // config mirrors struct config in fastpath.c.
 type config struct {
 	BridgeIfindex uint32
@@ -115,6 +123,10 @@ func (p *Program) syncPods(want map[netip.Addr]int) (int, error) {
 // path because the packet is not plain IPv4 TCP/UDP, is not for a known pod, has no
 // resolved next hop, or belongs to a connection netfilter translates.
 var Verdicts = []string{"to_pod", "to_tunnel", "other", "not_pod", "no_route", "translated"}
+
+// Carried reports whether verdict (one of Verdicts) is one where the fast path handed the
+// packet on itself.
+func Carried(verdict string) bool { return verdict == "to_pod" || verdict == "to_tunnel" }
 
 // Counts returns how many packets got each verdict since the program was loaded.
 func (p *Program) Counts() (map[string]uint64, error) {

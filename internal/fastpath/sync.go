@@ -30,11 +30,7 @@ type Syncer struct {
 func NewSyncer(p *Program) (*Syncer, error) {
 	s := &Syncer{p: p, progID: map[bool]int{}, attached: map[int]bool{}}
 	for _, tunnel := range []bool{false, true} {
-		prog := p.fromPod
-		if tunnel {
-			prog = p.fromTunnel
-		}
-		info, err := prog.Info()
+		info, err := p.program(tunnel).Info()
 		if err != nil {
 			return nil, fmt.Errorf("reading the fast-path program's ID: %w", err)
 		}
@@ -55,12 +51,11 @@ func (s *Syncer) Sync(w Want, full bool) (int, error) {
 	if err != nil {
 		return 0, fmt.Errorf("listing links for the fast path: %w", err)
 	}
-	var bridge, vxlan netlink.Link
 	byName := make(map[string]netlink.Link, len(links))
 	for _, l := range links {
 		byName[l.Attrs().Name] = l
 	}
-	bridge, vxlan = byName[w.Bridge], byName[w.VXLAN]
+	bridge, vxlan := byName[w.Bridge], byName[w.VXLAN]
 	if bridge == nil || vxlan == nil {
 		return 0, nil // the dataplane reconcile makes them first
 	}
