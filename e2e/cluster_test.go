@@ -241,11 +241,18 @@ func (s *suite) podToPod(t *testing.T) {
 		t.Logf("from %s on %s: all %d pods answered", p.Metadata.Name, p.Spec.NodeName, len(addrs))
 	}
 	// The agents run the BPF fast path (the DaemonSet's default): its filter is on every
-	// node's VXLAN device.
+	// node's VXLAN device. An agent loads it once it has joined, so it may still be on
+	// its way.
 	for _, n := range s.c.Nodes {
-		out, err := runShort("nsenter", "--net="+netnsPath(n.NS), "--", "tc", "filter", "show", "dev", "weft-vxlan", "ingress")
-		if err != nil || !strings.Contains(out, "weft-fastpath") {
-			t.Errorf("node %s: no fast-path filter on weft-vxlan (%v):\n%s", n.Name, err, out)
+		err := poll("the fast-path filter on "+n.Name+"'s weft-vxlan", 30*time.Second, 200*time.Millisecond, func() error {
+			out, err := runShort("nsenter", "--net="+netnsPath(n.NS), "--", "tc", "filter", "show", "dev", "weft-vxlan", "ingress")
+			if err == nil && !strings.Contains(out, "weft-fastpath") {
+				err = fmt.Errorf("not there:\n%s", out)
+			}
+			return err
+		})
+		if err != nil {
+			t.Errorf("node %s: %v", n.Name, err)
 		}
 	}
 }
