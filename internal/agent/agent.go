@@ -43,13 +43,17 @@ type Agent struct {
 	synced  atomic.Bool // heard the cluster's state: deletes allowed
 	ready   atomic.Bool // dataplane reconciled at least once
 
-	recMu         sync.Mutex // one reconcile at a time
-	lastReconcile time.Time  // last successful reconcile
-	lastAttempt   time.Time  // last reconcile, successful or not (liveness)
+	recMu       sync.Mutex         // one reconcile at a time
+	lastDesired *dataplane.Desired // of the last reconcile (under recMu): its entries are due now
+
+	// What the status and the health probe report of the reconciles, under a lock of its
+	// own: they must answer while a reconcile runs, which on a busy node can take seconds.
+	statMu        sync.Mutex
+	lastReconcile time.Time // last successful reconcile
+	lastAttempt   time.Time // last reconcile, successful or not (liveness)
 	lastErr       error
 	reconciles    uint64
 	drift         uint64
-	lastDesired   *dataplane.Desired // of the last reconcile: its entries are due now
 
 	observe // health probes, metrics, status page (observe.go)
 }
@@ -265,9 +269,11 @@ func (a *Agent) reconcile(read bool) (int, error) {
 		a.recordKernel(d, a.lastDesired, res, err)
 	}
 	a.lastDesired = &d
+	a.statMu.Lock()
 	a.reconciles++
 	a.lastAttempt = time.Now()
 	a.lastErr = err
+	a.statMu.Unlock()
 	if err != nil {
 		a.log.Error("reconciling the dataplane (will retry)", "err", err)
 		return len(res.Ops), err
@@ -276,10 +282,12 @@ func (a *Agent) reconcile(read bool) (int, error) {
 		a.log.Warn("ignoring part of a peer's record", "err", e)
 	}
 	a.syncFastPath(d, read)
+	a.statMu.Lock()
 	a.lastReconcile = time.Now()
 	if a.ready.Load() {
 		a.drift += uint64(len(res.Ops))
 	}
+	a.statMu.Unlock()
 	for _, op := range res.Ops {
 		a.log.Info("kernel", "op", op.String())
 	}
@@ -483,7 +491,7 @@ func (a *Agent) Status(context.Context) (api.Status, error) {
 		Underlay: a.cfg.UnderlayIP, ClusterCIDR: a.cfg.ClusterCIDR, Gateway: a.ipam.Gateway(), MTU: a.mtu,
 	}
 	s.FastPath, _ = a.fastState.Load().(string)
-	a.recMu.Lock()
+	a.statMu.Lock()
 	s.LastReconcile, s.Reconciles, s.Drift = a.lastReconcile, a.reconciles, a.drift
 	s.Goroutines = runtime.NumGoroutine()
 	if !s.Ready {
@@ -492,7 +500,7 @@ func (a *Agent) Status(context.Context) (api.Status, error) {
 			s.Reason += ": " + a.lastErr.Error()
 		}
 	}
-	a.recMu.Unlock()
+	a.statMu.Unlock()
 	for _, u := range a.ipam.Usage() {
 		s.Blocks = append(s.Blocks, api.BlockUsage{Block: u.Block, Used: u.Used, Capacity: u.Capacity})
 	}

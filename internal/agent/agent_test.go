@@ -11,6 +11,9 @@ import (
 	"net/netip"
 	"path/filepath"
 	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -293,5 +296,59 @@ func TestHostPorts(t *testing.T) {
 	}
 	if got := hostPorts(); len(got) != 0 {
 		t.Fatalf("after DEL the kernel still forwards %+v", got)
+	}
+}
+
+// stallKernel is a fake kernel whose reads block while stalled: a reconcile stuck in the
+// kernel, as on a node whose netlink calls wait for a busy rtnl lock.
+type stallKernel struct {
+	dataplane.FakeKernel
+	armed   atomic.Bool
+	once    sync.Once
+	stuck   chan struct{} // closed once a read is blocked
+	release chan struct{}
+}
+
+func (k *stallKernel) Observe(bridge, vxlan string) (dataplane.Observed, error) {
+	if k.armed.Load() {
+		k.once.Do(func() { close(k.stuck) })
+		<-k.release
+	}
+	return k.FakeKernel.Observe(bridge, vxlan)
+}
+
+// The status and the health probe answer while a reconcile is stuck, and the probe says
+// the loop stalled, rather than waiting for the reconcile with it.
+func TestStatusAnswersDuringStuckReconcile(t *testing.T) {
+	dir := t.TempDir()
+	port := testutil.FreePort(t, "127.0.0.1")
+	k := &stallKernel{stuck: make(chan struct{}), release: make(chan struct{})}
+	a := startAgentWith(t, dir, k, func(c *Config) { c.HTTPAddr = fmt.Sprintf("127.0.0.1:%d", port) })
+	t.Cleanup(func() { close(k.release) }) // runs before the agent's stop
+	k.armed.Store(true)
+	select {
+	case <-k.stuck:
+	case <-time.After(5 * time.Second):
+		t.Fatal("no reconcile read the kernel within 5s")
+	}
+	time.Sleep(500 * time.Millisecond) // over 3 resync periods (100 ms each)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	st, err := a.client.Status(ctx)
+	if err != nil {
+		t.Fatalf("status while a reconcile is stuck: %v", err)
+	}
+	if !st.Ready {
+		t.Errorf("status: not ready (%s)", st.Reason)
+	}
+	hc := http.Client{Timeout: time.Second}
+	resp, err := hc.Get(fmt.Sprintf("http://127.0.0.1:%d/healthz", port))
+	if err != nil {
+		t.Fatalf("/healthz while a reconcile is stuck: %v", err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(string(body), "stalled") {
+		t.Errorf("/healthz while a reconcile is stuck: %s %q, want 503 and \"stalled\"", resp.Status, body)
 	}
 }

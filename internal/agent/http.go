@@ -18,9 +18,9 @@ const DefaultHTTPAddr = ":6782"
 func (a *Agent) httpMux() *http.ServeMux {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
-		a.recMu.Lock()
+		a.statMu.Lock()
 		last := a.lastAttempt
-		a.recMu.Unlock()
+		a.statMu.Unlock()
 		if age := time.Since(last); age > 3*a.cfg.Resync {
 			http.Error(w, fmt.Sprintf("reconcile loop stalled: last run %s ago", age.Round(time.Second)), http.StatusServiceUnavailable)
 			return
