@@ -46,6 +46,13 @@ func simTimeScale(n int) float64 { return max(1, float64(n)/250) }
 // simTarget is the cluster size the control-plane goals are set for.
 const simTarget = 1000
 
+// simSettle is the wait after the agent has converged before the bootstrap's gossip is
+// checked every simDrainPeriod (see simRun); both are stretched like the gossip timers.
+const (
+	simSettle      = 10 * time.Second
+	simDrainPeriod = 5 * time.Second
+)
+
 // simDrainLimit bounds the wait for the bootstrap's gossip to drain (see simRun), so that
 // `make bench` stays under 30 minutes: the rest takes about 20. A drain that takes longer
 // means the simulated cluster is in a suspicion storm (the figure's note says so).
@@ -71,6 +78,15 @@ func loCounters(nsName string) (bytes, packets uint64, err error) {
 // day, traffic a cluster of separate machines never sends. In a healthy cluster every ack
 // comes back in time either way, so the figures are those of such a cluster.
 const simProbeTimeout = 900 * time.Millisecond
+
+// simRetransmitMult is the simulated members' retransmit multiplier (memberlist's, and the
+// agent's, is 4). The bootstrap of n members queues every member's "alive" and record on
+// every member, each to be sent 4 x ceil(log10(n+1)) times: at 1,000 members about 32
+// million sends, each decoded by its receiver, more than one process on two CPUs gets through
+// before its late acks set off suspicions, whose broadcasts lengthen the backlog further.
+// With 1, a quarter of that. Idle members broadcast nothing, so the steady state measured
+// after the drain is the same; the measured agent keeps the real setting.
+const simRetransmitMult = 1
 
 // simAddr is the gossip address of simulated member i: 198.18.1.0 + i.
 func simAddr(i int) netip.Addr {
@@ -109,7 +125,7 @@ func SimMembers(ctx context.Context, n int, keyFile string, scale float64, ready
 			return ctx.Err()
 		}
 		c, err := cluster.Start(cluster.Config{Self: simRecord(i), BindAddr: simAddr(i), Key: key, LogOutput: io.Discard,
-			ProbeTimeout: simProbeTimeout, TimeScale: scale})
+			ProbeTimeout: simProbeTimeout, TimeScale: scale, RetransmitMult: simRetransmitMult})
 		if err != nil {
 			return fmt.Errorf("member %d: %w", i, err)
 		}
@@ -145,9 +161,8 @@ func simControlPlane(ctx context.Context, o Options, r *Report) error {
 	// 1,000 members run with their gossip timers stretched (simTimeScale).
 	sizes := []int{100, 1000}
 	const target = simTarget
-	settle, window := 20*time.Second, 30*time.Second
 	if o.Quick {
-		sizes, settle, window = []int{100}, 20*time.Second, 10*time.Second
+		sizes = []int{100}
 	}
 	if len(o.SimSizes) > 0 {
 		sizes = o.SimSizes
@@ -155,7 +170,7 @@ func simControlPlane(ctx context.Context, o Options, r *Report) error {
 	var pts []point
 	for _, n := range sizes {
 		waitQuiet(ctx, o)
-		p, err := simRun(ctx, o, r, n, settle, window)
+		p, err := simRun(ctx, o, r, n)
 		if err != nil {
 			return fmt.Errorf("%d members: %w", n, err)
 		}
@@ -190,7 +205,7 @@ func simControlPlane(ctx context.Context, o Options, r *Report) error {
 
 type point struct{ rss, cpu, kbps float64 }
 
-func simRun(ctx context.Context, o Options, r *Report, n int, settle, window time.Duration) (p point, err error) {
+func simRun(ctx context.Context, o Options, r *Report, n int) (p point, err error) {
 	e := newEnv()
 	defer func() {
 		if cerr := e.close(); cerr != nil && err == nil {
@@ -253,7 +268,11 @@ func simRun(ctx context.Context, o Options, r *Report, n int, settle, window tim
 		return p, err
 	}
 	scale := simTimeScale(n)
-	settle, window = time.Duration(float64(settle)*max(1, scale/2)), time.Duration(float64(window)*max(1, scale/2))
+	// The window is one full-state exchange period, in which every member starts exactly
+	// one exchange: they are most of the bytes at 1,000 members (about 110 KB each way),
+	// and a shorter window would count none or some of them depending on its timing.
+	stretch := func(d time.Duration) time.Duration { return time.Duration(float64(d) * scale) }
+	settle, window := stretch(simSettle), stretch(cluster.PushPullPeriod(n))
 	sim := exec.Command(self, SimFlag, strconv.Itoa(n-1), "-sim-key", keyFile, "-sim-time-scale", strconv.FormatFloat(scale, 'f', -1, 64))
 	// Hundreds of members in one heap: collect less often, so that GC work does not
 	// delay the members' acks into false suspicions (the agent measured keeps defaults).
@@ -334,16 +353,16 @@ func simRun(ctx context.Context, o Options, r *Report, n int, settle, window tim
 		return 2 * float64(bytes) / float64(n) / secs / 1024 * scale
 	}
 	// Settled once the gossip of the bootstrap has drained. Every join queued an "alive"
-	// and a record on every member, each to be sent 4 x log10(N) times: at 1,000 members
-	// a backlog of tens of thousands of messages per member, sent in full packets at the
-	// gossip rate for minutes. Measuring before it has drained would count the bootstrap,
-	// not the steady state. Drained: the traffic of a period is below half the highest
-	// seen, or its packets average under 700 bytes (steady gossip is probes and acks of
-	// about 100 bytes, and now and then a full-state exchange).
+	// and a record on every member, each to be sent simRetransmitMult x ceil(log10(n+1))
+	// times: at 1,000 members thousands of messages per member, sent in full packets at
+	// the gossip rate. Measuring before it has drained would count the bootstrap, not the
+	// steady state. Drained: the traffic of a period is below half the highest seen, or
+	// its packets average under 700 bytes (steady gossip is probes and acks of about 100
+	// bytes, and now and then a full-state exchange).
 	if err := sleep(ctx, settle); err != nil {
 		return p, err
 	}
-	period := window / 3
+	period := stretch(simDrainPeriod)
 	peak := 0.0
 	for deadline := time.Now().Add(simDrainLimit); ; {
 		b0, k0, err := loCounters(nsName)

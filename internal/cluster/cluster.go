@@ -46,6 +46,12 @@ type Config struct {
 	// 1,000-member simulation runs in one process on a small machine this way, and
 	// reports traffic and CPU multiplied back by the factor.
 	TimeScale float64
+	// RetransmitMult, if above 0, replaces memberlist's retransmit multiplier (4): each
+	// broadcast is sent RetransmitMult x ceil(log10(n+1)) times. Benchmarks only: the
+	// simulated members use 1, so that the bootstrap of 1,000 members in one process
+	// drains in a quarter of the rounds. A cluster without membership changes broadcasts
+	// nothing, so its steady-state traffic does not depend on it.
+	RetransmitMult int
 	// tune, if set, adjusts memberlist's configuration last (tests).
 	tune func(*memberlist.Config)
 }
@@ -97,7 +103,7 @@ func Start(cfg Config) (*Cluster, error) {
 	mc.BindPort, mc.AdvertisePort = port, port
 	mc.ProbeInterval = probeInterval
 	mc.SuspicionMult = suspicionMult
-	mc.PushPullInterval = 15 * time.Second
+	mc.PushPullInterval = pushPullInterval
 	// No LZW: at 100 nodes compressing each full-state exchange was most of what a
 	// joining node's CPU did. weft's records in a state are compressed on their own
 	// (encodeState), at a fraction of the cost.
@@ -137,6 +143,9 @@ func Start(cfg Config) (*Cluster, error) {
 			*d = time.Duration(float64(*d) * s)
 		}
 	}
+	if cfg.RetransmitMult > 0 {
+		mc.RetransmitMult = cfg.RetransmitMult
+	}
 	if cfg.tune != nil {
 		cfg.tune(mc)
 	}
@@ -153,12 +162,25 @@ func Start(cfg Config) (*Cluster, error) {
 	return c, nil
 }
 
-// The failure detector's settings (memberlist LAN defaults otherwise).
+// The failure detector's settings (memberlist LAN defaults otherwise), and how often a
+// node exchanges full state with a random peer in a cluster of up to 32 nodes.
 const (
-	probeInterval  = time.Second
-	suspicionMult  = 4
-	deadMarginSecs = 7 // see DeadWithin
+	probeInterval    = time.Second
+	suspicionMult    = 4
+	deadMarginSecs   = 7 // see DeadWithin
+	pushPullInterval = 15 * time.Second
 )
+
+// PushPullPeriod is how often each node of an n-node cluster starts a full-state exchange
+// with a random peer: memberlist stretches the interval by ceil(log2(n/32)) + 1 above 32
+// nodes, to 45 s at 100 nodes and 90 s at 1,000. Over one period every node starts one
+// exchange, so a traffic figure taken over a shorter window can miss them all.
+func PushPullPeriod(n int) time.Duration {
+	if n <= 32 {
+		return pushPullInterval
+	}
+	return time.Duration(math.Ceil(math.Log2(float64(n)/32))+1) * pushPullInterval
+}
 
 // DeadWithin is the documented bound on how long after a node stops answering its peers
 // have removed its routes, in a cluster of n nodes:
@@ -201,8 +223,8 @@ const (
 // memberlist waits up to its TCP timeout (10 s) for a peer that does not answer, which,
 // one peer after another, held up a join behind a partition for minutes. Beyond joinMax
 // peers, the ones contacted spread the news by gossip: at 1,000 nodes a full-state
-// exchange is about 230 KB each way, and one with every node would move half a gigabyte
-// per restart. The peers not contacted this time that are still not live members at the
+// exchange is about 110 KB each way, and one with every node would move over 200 MB per
+// restart. The peers not contacted this time that are still not live members at the
 // agent's next join round (5 s) are contacted then.
 //
 // A node that comes back after its peers declared it dead (or saw it leave) starts with a

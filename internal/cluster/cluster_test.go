@@ -227,6 +227,17 @@ func TestDeadWithin(t *testing.T) {
 	}
 }
 
+func TestPushPullPeriod(t *testing.T) {
+	for _, tc := range []struct {
+		n    int
+		want time.Duration
+	}{{1, 15 * time.Second}, {32, 15 * time.Second}, {33, 30 * time.Second}, {64, 30 * time.Second}, {100, 45 * time.Second}, {1000, 90 * time.Second}} {
+		if got := PushPullPeriod(tc.n); got != tc.want {
+			t.Errorf("PushPullPeriod(%d) = %s, want %s", tc.n, got, tc.want)
+		}
+	}
+}
+
 // A node that comes back after it left (or was declared dead) is alive again on every
 // peer it joined as soon as Join returns, without waiting for gossip. Only the leaving
 // node gossips here (to spread its leave); the peers and the returning node neither gossip
