@@ -116,7 +116,7 @@ func measureDatapath(ctx context.Context, o Options, r *Report, l, normal *lab.L
 	paths := []path{
 		{"overlay", n1p1.Namespace, n2p1.Namespace, n2p1.Address.Addr(), false},
 		{"vxlan-ref", ref.src, ref.dstNS, ref.dst, false},
-		{"vxlan-ref+ct", refCT.src, refCT.dstNS, refCT.dst, false},
+		{"vxlan-ref+ct", refCT.src, refCT.dstNS, refCT.dst, true},
 		{"underlay", nodes[0].Namespace, nodes[1].Namespace, nodes[1].Underlay, false},
 		{"same-node", n1p1.Namespace, n1p2.Namespace, n1p2.Address.Addr(), false},
 		{"veth", veth.src, veth.dstNS, veth.dst, false},
@@ -135,7 +135,7 @@ func measureDatapath(ctx context.Context, o Options, r *Report, l, normal *lab.L
 	}
 	time.Sleep(500 * time.Millisecond) // iperf3 servers listening
 
-	rounds, secs, rrN, udpRate := 5, "4", 5000, "1G"
+	rounds, secs, rrN, udpRate := 4, "4", 5000, "1G"
 	pairs, pairSecs := 12, "3"
 	if o.Quick {
 		rounds, secs, rrN = 2, "2", 1000
