@@ -42,8 +42,14 @@ func measure(t *testing.T, n lab.Node) agentProc {
 			p.rssKB, _ = strconv.Atoi(strings.TrimSuffix(strings.TrimSpace(v), " kB"))
 		}
 	}
-	// Not api.Client: its idle keep-alive connection would stay open in the agent and
-	// count as a leaked descriptor and goroutines.
+	p.goroutines = status(t, n).Goroutines
+	return p
+}
+
+// status asks n's agent for its status. Not with api.Client: its idle keep-alive
+// connection would stay open in the agent and count as a leaked descriptor and goroutines.
+func status(t *testing.T, n lab.Node) api.Status {
+	t.Helper()
 	c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
 		DisableKeepAlives: true,
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
@@ -59,8 +65,25 @@ func measure(t *testing.T, n lab.Node) agentProc {
 	if err := json.NewDecoder(resp.Body).Decode(&s); err != nil {
 		t.Fatal(err)
 	}
-	p.goroutines = s.Goroutines
-	return p
+	return s
+}
+
+// waitFastPath waits (at most 60 s) until n's agent has loaded its BPF fast path, or
+// given up on it: the load comes after the join, in the background, and its objects and
+// link watcher are descriptors and goroutines that stay.
+func waitFastPath(t *testing.T, n lab.Node) {
+	t.Helper()
+	for deadline := time.Now().Add(60 * time.Second); ; {
+		st := status(t, n).FastPath
+		if st != "loading" {
+			t.Logf("fast path: %s", st)
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the agent's fast path is still loading after 60s")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }
 
 // TestNoLeaks runs ADD/DEL cycles on one node and then requires that nothing is left:
@@ -71,6 +94,7 @@ func TestNoLeaks(t *testing.T) {
 	l := upLab(t, 2, 0)
 	ctx := context.Background()
 	n := node(t, l, "node1")
+	waitFastPath(t, n)
 	// Warm up: the first pods grow pools and caches that then stay.
 	for i := range 20 {
 		name := "warm" + strconv.Itoa(i)
