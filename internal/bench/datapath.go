@@ -181,7 +181,7 @@ func measureDatapath(ctx context.Context, o Options, r *Report, l, normal *lab.L
 	}
 	// The goals' single-stream ratios get more samples: pairs of short runs, one path
 	// right after the other, alternately first. On these machines one run differs from
-	// the next by up to 15 %, so the 5 rounds alone leave a median ratio uncertain by
+	// the next by up to 15 %, so the rounds alone leave a median ratio uncertain by
 	// about 5 %, as much as a goal's margin.
 	byName := map[string]path{}
 	for _, p := range paths {
@@ -190,22 +190,19 @@ func measureDatapath(ctx context.Context, o Options, r *Report, l, normal *lab.L
 	extra := map[string][]float64{} // per-pair ratios of the goal pairs, "a/b"
 	for i := range pairs {
 		for _, g := range goalPairs {
-			a, b := byName[g[0]], byName[g[1]]
+			order := []string{g[0], g[1]}
 			if i%2 == 1 {
-				a, b = b, a
+				order[0], order[1] = order[1], order[0]
 			}
-			ra, err := iperf(ctx, a.src, a.dst, "-t", pairSecs, "-O", "1")
-			if err != nil {
-				return err
+			bps := map[string]float64{}
+			for _, name := range order {
+				res, err := iperf(ctx, byName[name].src, byName[name].dst, "-t", pairSecs, "-O", "1")
+				if err != nil {
+					return err
+				}
+				bps[name] = res.End.SumReceived.BitsPerSecond
 			}
-			rb, err := iperf(ctx, b.src, b.dst, "-t", pairSecs, "-O", "1")
-			if err != nil {
-				return err
-			}
-			x, y := ra.End.SumReceived.BitsPerSecond, rb.End.SumReceived.BitsPerSecond
-			if i%2 == 1 {
-				x, y = y, x
-			}
+			x, y := bps[g[0]], bps[g[1]]
 			if y > 0 {
 				extra[g[0]+"/"+g[1]] = append(extra[g[0]+"/"+g[1]], x/y)
 			}
