@@ -70,8 +70,23 @@ func BenchmarkMergeState1000New(b *testing.B) {
 	}
 }
 
-// BenchmarkLocalState1000 encodes this node's side of a push/pull in a cluster of 1,000.
+// BenchmarkLocalState1000 encodes this node's side of a push/pull in a cluster of 1,000
+// after a record changed.
 func BenchmarkLocalState1000(b *testing.B) {
+	c := benchCluster()
+	(*delegate)(c).MergeRemoteState(benchState(1000, 1), false)
+	b.ReportAllocs()
+	for b.Loop() {
+		c.mu.Lock()
+		c.gen++
+		c.mu.Unlock()
+		_ = (*delegate)(c).LocalState(false)
+	}
+}
+
+// BenchmarkLocalState1000Unchanged is the same with nothing changed since the last
+// exchange: what each peer's side of a joining node's exchanges costs.
+func BenchmarkLocalState1000Unchanged(b *testing.B) {
 	c := benchCluster()
 	(*delegate)(c).MergeRemoteState(benchState(1000, 1), false)
 	b.ReportAllocs()
