@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"net/netip"
 	"os"
@@ -189,8 +190,15 @@ func (a *Agent) blocksChanged() {
 // entries it found missing.
 const confirmAfter = time.Second
 
+// jittered is d give or take up to 10 %, drawn afresh for every wait. The first wait is
+// anywhere from half a period to one and a half: agents started together (a lab, nodes
+// booted at once) would otherwise read their kernels in step for as long as they run.
+func jittered(d time.Duration) time.Duration {
+	return d - d/10 + rand.N(d/5+1)
+}
+
 func (a *Agent) reconcileLoop(ctx context.Context) {
-	t := time.NewTicker(a.cfg.Resync)
+	t := time.NewTimer(a.cfg.Resync/2 + rand.N(a.cfg.Resync+1))
 	defer t.Stop()
 	read := true // the first reconcile reads the kernel
 	for {
@@ -206,6 +214,7 @@ func (a *Agent) reconcileLoop(ctx context.Context) {
 			read = false
 		case <-t.C:
 			read = true
+			t.Reset(jittered(a.cfg.Resync))
 		case <-confirm:
 			read = true
 		}

@@ -352,3 +352,21 @@ func TestStatusAnswersDuringStuckReconcile(t *testing.T) {
 		t.Errorf("/healthz while a reconcile is stuck: %s %q, want 503 and \"stalled\"", resp.Status, body)
 	}
 }
+
+// Every periodic wait is within 10 % of the period, and the waits differ, so agents
+// started together drift apart.
+func TestJitteredWaits(t *testing.T) {
+	for _, d := range []time.Duration{100 * time.Millisecond, 5 * time.Second} {
+		seen := map[time.Duration]bool{}
+		for range 1000 {
+			w := jittered(d)
+			if w < d-d/10 || w > d+d/10 {
+				t.Fatalf("jittered(%s) = %s: outside %s ± 10 %%", d, w, d)
+			}
+			seen[w] = true
+		}
+		if len(seen) < 100 {
+			t.Errorf("jittered(%s): only %d distinct waits in 1000", d, len(seen))
+		}
+	}
+}
