@@ -33,10 +33,10 @@ type Config struct {
 	// tick, spread over the interval; with more peers than Interval/MinTick the round
 	// gets longer instead of the rate higher.
 	Interval time.Duration
-	// MinTick (default 500ms) caps the rate at 2 peers (8 probes) a second, whatever the
-	// cluster size: each peer every 50 s at 100 nodes, every 500 s at 1,000 (cilium-health
-	// probes every node once a minute). In a 100-node lab sharing 2 CPUs, 250ms made the
-	// probes a third of the agents' CPU.
+	// MinTick (default 1s) caps the rate at 1 peer (4 probes) a second, whatever the
+	// cluster size: each peer every 100 s at 100 nodes, every 1,000 s at 1,000
+	// (cilium-health probes every node once a minute). In a 100-node lab sharing 2 CPUs,
+	// 250ms made the probes a third of the agents' CPU, and 500ms a fifth.
 	MinTick time.Duration
 	Timeout time.Duration // per probe, default 1s
 	// Targets lists the peers (every member gossip knows; dead ones are not probed).
@@ -69,7 +69,7 @@ var pathNames = [4]string{PathUnderlay, PathUnderlayLarge, PathOverlay, PathOver
 func NewMonitor(cfg Config) *Monitor {
 	cfg.Port = cmp.Or(cfg.Port, DefaultPort)
 	cfg.Interval = cmp.Or(cfg.Interval, 2*time.Second)
-	cfg.MinTick = cmp.Or(cfg.MinTick, 500*time.Millisecond)
+	cfg.MinTick = cmp.Or(cfg.MinTick, time.Second)
 	cfg.Timeout = cmp.Or(cfg.Timeout, time.Second)
 	return &Monitor{cfg: cfg, peers: map[string]*peerState{}}
 }
