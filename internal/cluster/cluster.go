@@ -504,18 +504,19 @@ func (d *delegate) LocalState(bool) []byte {
 	c := (*Cluster)(d)
 	c.encMu.Lock()
 	defer c.encMu.Unlock()
+	var all []Node // set when the records changed since the last encoding
 	c.mu.Lock()
 	if c.enc == nil || c.encGen != c.gen {
-		all := make([]Node, 0, len(c.records)+1)
+		all = make([]Node, 0, len(c.records)+1)
 		all = append(all, c.self) // first: merge re-broadcasts a state's first record only
 		for _, r := range c.records {
 			all = append(all, r)
 		}
 		c.encGen = c.gen
-		c.mu.Unlock()
+	}
+	c.mu.Unlock()
+	if all != nil {
 		c.enc = encodeState(all) // memberlist only reads it: callers may share it
-	} else {
-		c.mu.Unlock()
 	}
 	c.stats.BytesOut.Add(uint64(len(c.enc)))
 	return c.enc
