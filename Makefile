@@ -58,7 +58,7 @@ unit:
 
 # Benchmarks (root): the Go benchmarks of the hot paths, then every lab benchmark with its
 # reference in the same run; prints a table and writes bench-results.json (BENCHMARKS.md).
-# bench takes about 20-30 minutes, bench-quick a few. BENCH_SHARED="why" notes in the
+# bench takes about 30 minutes (the last run 32), bench-quick a few. BENCH_SHARED="why" notes in the
 # results that the machine was busy with other work while measuring.
 GOBENCH_PKGS := ./internal/ipam ./internal/dataplane ./internal/cluster
 BENCH_FLAGS  ?=
