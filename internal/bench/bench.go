@@ -64,12 +64,8 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 		{6, "6 go bench", goBench},
 		{1, "1 datapath", datapath},
 		{2, "2 cni", cniLatency},
-		// The simulation before the labs of items 3-5: the kernel goes on tearing down
-		// their namespaces (a thousand pods last) after waitQuiet gives up, and in a run
-		// that started the simulation right after them the agent took 3 min 53 s to see
-		// its 999 members alive; started on a calm machine, 1 s.
-		{4, "4 control plane: simulated members", simControlPlane},
 		{0, "3-5 lab scale: convergence, control plane, kernel state", labScale},
+		{4, "4 control plane: simulated members", simControlPlane},
 	}
 	for _, it := range items {
 		if it.n == 0 && !o.want(3) && !(o.want(4) && len(o.SimSizes) == 0) && !o.want(5) || it.n != 0 && !o.want(it.n) {

@@ -135,7 +135,7 @@ func measureDatapath(ctx context.Context, o Options, r *Report, l, normal *lab.L
 	}
 	time.Sleep(500 * time.Millisecond) // iperf3 servers listening
 
-	rounds, secs, rrN, udpRate := 4, "4", 5000, "1G"
+	rounds, secs, rrN, udpRate := 4, "3", 5000, "1G"
 	pairs, pairSecs := 12, "3"
 	if o.Quick {
 		rounds, secs, rrN = 2, "2", 1000
