@@ -164,16 +164,25 @@ func nsFile(name string) string {
 	return filepath.Join("/run/netns", name)
 }
 
-// inHandle runs f with a netlink handle in namespace name without moving a thread.
-func inHandle(name string, f func(h *netlink.Handle) error) error {
+// openHandle returns a netlink handle in namespace name, opened without moving a thread.
+func openHandle(name string) (*netlink.Handle, error) {
 	nh, err := netns.GetFromPath(nsFile(name))
 	if err != nil {
-		return fmt.Errorf("opening namespace %s: %w", name, err)
+		return nil, fmt.Errorf("opening namespace %s: %w", name, err)
 	}
 	defer nh.Close()
 	h, err := netlink.NewHandleAt(nh)
 	if err != nil {
-		return fmt.Errorf("netlink in %s: %w", name, err)
+		return nil, fmt.Errorf("netlink in %s: %w", name, err)
+	}
+	return h, nil
+}
+
+// inHandle runs f with a netlink handle in namespace name.
+func inHandle(name string, f func(h *netlink.Handle) error) error {
+	h, err := openHandle(name)
+	if err != nil {
+		return err
 	}
 	defer h.Close()
 	return f(h)

@@ -17,11 +17,11 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 	"golang.org/x/net/icmp"
 	"golang.org/x/net/ipv4"
 
 	"github.com/weftnet/weft/internal/cluster"
+	"github.com/weftnet/weft/internal/dataplane"
 	"github.com/weftnet/weft/internal/lab"
 )
 
@@ -388,16 +388,10 @@ func waitAll(ctx context.Context, nodes []lab.Node, limit time.Duration, cond fu
 func openHandles(nodes []lab.Node) (map[string]*netlink.Handle, error) {
 	hs := make(map[string]*netlink.Handle, len(nodes))
 	for _, n := range nodes {
-		nh, err := netns.GetFromPath(nsFile(n.Namespace))
+		h, err := openHandle(n.Namespace)
 		if err != nil {
 			closeHandles(hs)
-			return nil, fmt.Errorf("opening namespace %s: %w", n.Namespace, err)
-		}
-		h, err := netlink.NewHandleAt(nh)
-		nh.Close()
-		if err != nil {
-			closeHandles(hs)
-			return nil, fmt.Errorf("netlink in %s: %w", n.Namespace, err)
+			return nil, err
 		}
 		hs[n.Name] = h
 	}
@@ -414,7 +408,7 @@ func closeHandles(hs map[string]*netlink.Handle) {
 func weftRoutes(h *netlink.Handle) (map[netip.Prefix]bool, error) {
 	out := map[netip.Prefix]bool{}
 	routes, err := retryDump(func() ([]netlink.Route, error) {
-		return h.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Protocol: 0x77}, netlink.RT_FILTER_PROTOCOL)
+		return h.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Protocol: dataplane.RouteProtocol}, netlink.RT_FILTER_PROTOCOL)
 	})
 	for _, rt := range routes {
 		if rt.Dst != nil {
