@@ -16,6 +16,7 @@ import (
 	"github.com/weftnet/weft/internal/dataplane"
 	"github.com/weftnet/weft/internal/health"
 	"github.com/weftnet/weft/internal/ipam"
+	"github.com/weftnet/weft/internal/timerslack"
 )
 
 func agentCmd() *cobra.Command {
@@ -25,7 +26,7 @@ func agentCmd() *cobra.Command {
 		gossipPort, blockBits, mtu                                               int
 		probePort                                                                int
 		gossipTimeScale                                                          float64
-		resync, grace                                                            time.Duration
+		resync, grace, slack                                                     time.Duration
 		verbose, fastPath                                                        bool
 		logLevel                                                                 string
 	)
@@ -43,6 +44,11 @@ func agentCmd() *cobra.Command {
 				level = slog.LevelDebug
 			}
 			log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+			if slack > 0 {
+				if _, err := timerslack.Set(slack); err != nil {
+					log.Warn("running with the kernel's default timer slack", "err", err)
+				}
+			}
 			cfg := agent.Config{
 				NodeName: nodeName, GossipPort: gossipPort, Discovery: agent.StaticPeers(peers),
 				Socket: socket, HTTPAddr: httpAddr, ProbePort: probePort, StatePath: filepath.Join(stateDir, "ipam.json"),
@@ -103,6 +109,7 @@ func agentCmd() *cobra.Command {
 	f.DurationVar(&resync, "resync", 5*time.Second, "how often the kernel state is reconciled even without changes")
 	f.DurationVar(&grace, "sync-grace", 30*time.Second, "how long to wait for a peer before removing kernel entries of unknown nodes")
 	f.BoolVar(&fastPath, "fast-path", true, "hand pod-to-pod packets straight to the other pod's veth or the VXLAN device with BPF, past the bridge, routing and netfilter (falls back to the normal path where the kernel cannot; Service and host-port traffic always takes the normal path)")
+	f.DurationVar(&slack, "timer-slack", timerslack.Default, "how late the kernel may fire the agent's timers, so that an idle agent wakes the CPU less (0: the kernel's default, 50µs)")
 	f.BoolVar(&verbose, "verbose", false, "debug logging (same as --log-level debug)")
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	kube = addKubernetesFlags(f)
