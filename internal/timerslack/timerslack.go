@@ -8,11 +8,12 @@
 // the process is idle again. With the kernel's default slack of 50 µs every one of those
 // sleeps and timers is a timer interrupt of its own. On virtual machines, where a timer
 // interrupt and a context switch cost a hypervisor exit, that was most of an idle agent's
-// CPU: a 100-node lab (100 agents on 2 vCPUs) went from about 0.9 CPUs to 0.36, and from
-// 17,000 context switches and 6,900 interrupts a second to 7,200 and 1,550, with a slack of
-// 5 ms (BENCHMARKS.md). Nothing the agent times needs millisecond precision: its timers
-// are 200 ms and longer, and everything latency-bound (a CNI request, a gossip packet, a
-// probe's answer) is woken by its socket, which the slack does not delay.
+// CPU: with a slack of 5 ms, an idle 100-node lab (100 agents on 2 vCPUs) went from
+// 0.80 – 0.92 CPUs to 0.32 – 0.44, from about 17,000 context switches and 6,900 interrupts
+// a second to 7,300 and 1,600 (BENCHMARKS.md). Nothing the agent times needs millisecond
+// precision: its timers are 200 ms and longer, and everything latency-bound (a CNI
+// request, a gossip packet, a probe's answer) is woken by its socket, which the slack does
+// not delay.
 //
 // The slack is per thread and a new thread inherits its creator's, so Set changes every
 // thread the process has, Go's sysmon included (started before main, so a prctl from main
