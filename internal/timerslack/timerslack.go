@@ -88,27 +88,19 @@ func setAll(ns int64) (int, error) {
 	if err := unix.Prctl(unix.PR_SET_TIMERSLACK, uintptr(ns), 0, 0, 0); err != nil {
 		return 0, fmt.Errorf("setting this thread's timer slack: %w", err)
 	}
-	ids, err := threads()
+	cur, err := Get()
 	if err != nil {
 		return 0, err
 	}
 	want := strconv.FormatInt(ns, 10)
 	n := 0
-	for _, id := range ids {
-		f := slackFile(id)
-		b, err := os.ReadFile(f)
-		if errors.Is(err, os.ErrNotExist) {
+	for id, d := range cur {
+		if d.Nanoseconds() == ns {
 			continue
 		}
-		if err != nil {
-			return n, err
-		}
-		if strings.TrimSpace(string(b)) == want {
-			continue
-		}
-		if err := os.WriteFile(f, []byte(want), 0); err != nil {
+		if err := os.WriteFile(slackFile(id), []byte(want), 0); err != nil {
 			if errors.Is(err, os.ErrNotExist) {
-				continue
+				continue // the thread ended
 			}
 			if errors.Is(err, os.ErrPermission) {
 				return n, fmt.Errorf("setting the timer slack of thread %d: %w (needs CAP_SYS_NICE; without it the agent works, but wakes the CPU more often)", id, err)

@@ -10,13 +10,9 @@ import (
 )
 
 // threadSlack reads the slack of the calling thread.
-func threadSlack(t *testing.T) time.Duration {
-	t.Helper()
+func threadSlack() (time.Duration, error) {
 	v, err := unix.PrctlRetInt(unix.PR_GET_TIMERSLACK, 0, 0, 0, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return time.Duration(v)
+	return time.Duration(v), err
 }
 
 func TestSetEveryThreadAndTheirChildren(t *testing.T) {
@@ -56,14 +52,17 @@ func TestSetEveryThreadAndTheirChildren(t *testing.T) {
 	type answer struct {
 		tid   int
 		slack time.Duration
+		err   error
 	}
 	answers := make(chan answer, len(got)+extra)
 	release := make(chan struct{})
+	defer close(release)
 	for range len(got) + extra {
 		go func() {
 			runtime.LockOSThread()
 			defer runtime.UnlockOSThread()
-			answers <- answer{unix.Gettid(), threadSlack(t)}
+			d, err := threadSlack()
+			answers <- answer{unix.Gettid(), d, err}
 			<-release
 		}()
 	}
@@ -72,6 +71,9 @@ func TestSetEveryThreadAndTheirChildren(t *testing.T) {
 		select {
 		case a := <-answers:
 			seen[a.tid] = true
+			if a.err != nil {
+				t.Fatalf("thread %d: reading its slack: %v", a.tid, a.err)
+			}
 			if a.slack != want {
 				t.Errorf("thread %d: slack %s, want %s", a.tid, a.slack, want)
 			}
@@ -79,7 +81,6 @@ func TestSetEveryThreadAndTheirChildren(t *testing.T) {
 			t.Fatal("locked goroutines did not start within 10s")
 		}
 	}
-	close(release)
 	var fresh int
 	for id := range seen {
 		if _, old := got[id]; !old {
