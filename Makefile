@@ -62,7 +62,7 @@ unit:
 
 # Benchmarks (root): the Go benchmarks of the hot paths, then every lab benchmark with its
 # reference in the same run; prints a table and writes bench-results.json (BENCHMARKS.md).
-# bench takes about 25 minutes (the last three runs 25.5, 25, 27), bench-quick a few.
+# bench takes about 25 minutes (the last three runs 25.5, 25.5, 25), bench-quick a few.
 # BENCH_SHARED="why" notes in the results that the machine was busy with other work while
 # measuring.
 GOBENCH_PKGS := ./internal/ipam ./internal/dataplane ./internal/cluster

@@ -135,11 +135,11 @@ func measureDatapath(ctx context.Context, o Options, r *Report, l, normal *lab.L
 	}
 	time.Sleep(500 * time.Millisecond) // iperf3 servers listening
 
-	// The goals are judged on rounds+pairs single-stream ratios. One adjacent pair of the
-	// same path run twice (veth against veth) differs by up to 8 % here (sd about 4 %),
-	// which leaves the median of 16 ratios uncertain by about 1.5 %, the whole margin of
-	// the same-node goal; 23 ratios bring that to about 1.2 %. A round (all eight paths,
-	// four measurements each) costs as much time as four pairs, so the rounds are 3.
+	// The goals are judged on rounds+pairs single-stream ratios. Two bare veth pairs
+	// measured against each other in adjacent runs differ by up to 8 % here (standard
+	// deviation 4 %): the median of 16 ratios has a standard error of 1.3 %, most of the
+	// same-node goal's margin; 23 ratios bring it to 1.1 %. A round (all eight paths, four
+	// measurements each) takes as long as four pairs, so there are 3 rounds.
 	rounds, secs, rrN, udpRate := 3, "3", 5000, "1G"
 	pairs, pairSecs := 20, "3"
 	if o.Quick {
